@@ -1,0 +1,1 @@
+"""Data: the NORB file format, smallNORB and synthnorb loading, viewpoint splits, preprocessing."""

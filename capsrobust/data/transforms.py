@@ -1,0 +1,127 @@
+"""The paper's image preparation (§5; official values where it is silent, REFERENCE.md §2).
+
+Pipeline: 96×96 uint8 → :func:`downsample` once for the whole dataset to 48×48 float in [0, 1]
+→ per example, at training time :func:`train_transform` (random 32×32 crop, random brightness
+shift of at most 63/255, random contrast factor in [0.2, 1.8]), at test time :func:`test_transform`
+(centre 32×32 crop) or :func:`multi_crop` (13 crops). Images stay in [0, 1]; per-image
+standardisation belongs to the models, so attack budgets are in pixel units.
+
+Stereo examples have two channels, one per camera; photometric jitter draws one brightness and
+one contrast value per example and applies them to both cameras (each camera keeps its own mean).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+__all__ = [
+    "CROP_SIZE",
+    "DOWNSAMPLED_SIZE",
+    "MULTI_CROP_OFFSETS",
+    "RandomBrightnessShift",
+    "center_crop",
+    "downsample",
+    "multi_crop",
+    "test_transform",
+    "train_transform",
+]
+
+DOWNSAMPLED_SIZE = 48
+CROP_SIZE = 32
+#: (dy, dx) offsets from the centre crop for the 13-crop test: the centre plus the four
+#: diagonal directions at distances 1, 2 and 3 pixels (REFERENCE.md §2).
+MULTI_CROP_OFFSETS: tuple[tuple[int, int], ...] = ((0, 0),) + tuple(
+    (sy * k, sx * k) for k in (1, 2, 3) for sy in (-1, 1) for sx in (-1, 1)
+)
+
+
+def downsample(images: np.ndarray | torch.Tensor, size: int = DOWNSAMPLED_SIZE, chunk: int = 2048) -> torch.Tensor:
+    """uint8 images ``(N, C, H, W)`` → float32 ``(N, C, size, size)`` in [0, 1] (antialiased bilinear).
+
+    Done once per dataset (not per epoch), in chunks so memory stays bounded.
+    """
+    source = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    if source.ndim != 4:
+        raise ValueError(f"expected images of shape (N, C, H, W), got {tuple(source.shape)}")
+    out = torch.empty(source.shape[0], source.shape[1], size, size, dtype=torch.float32)
+    for start in range(0, source.shape[0], chunk):
+        batch = source[start : start + chunk].to(torch.float32).div_(255.0)
+        resized = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start : start + chunk] = resized.clamp_(0.0, 1.0)
+    return out
+
+
+class RandomBrightnessShift(v2.Transform):
+    """Add one random offset δ ~ U[-max_delta, max_delta] to the image, then clamp to [0, 1].
+
+    Additive, as TensorFlow's ``random_brightness`` used by the official code -- unlike
+    torchvision's multiplicative ``ColorJitter(brightness=…)``, hence this small transform.
+    """
+
+    def __init__(self, max_delta: float = 63 / 255) -> None:
+        super().__init__()
+        if max_delta < 0:
+            raise ValueError("max_delta must be non-negative")
+        self.max_delta = max_delta
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"delta": float(torch.empty(()).uniform_(-self.max_delta, self.max_delta))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return (inpt + params["delta"]).clamp(0.0, 1.0)
+
+
+class _PerCamera(v2.Transform):
+    """Apply ``inner`` to ``(…, C, H, W)`` as ``C`` one-channel images sharing random parameters."""
+
+    def __init__(self, inner: v2.Transform) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *inputs: Any) -> Any:
+        (image,) = inputs
+        return self.inner(image.unsqueeze(-3)).squeeze(-3)
+
+
+def train_transform(
+    max_brightness_delta: float = 63 / 255,
+    contrast: tuple[float, float] = (0.2, 1.8),
+    crop_size: int = CROP_SIZE,
+) -> v2.Transform:
+    """Training augmentation: float ``(C, 48, 48)`` in [0, 1] → ``(C, 32, 32)`` in [0, 1]."""
+    return v2.Compose(
+        [
+            v2.RandomCrop(crop_size),
+            _PerCamera(v2.Compose([RandomBrightnessShift(max_brightness_delta), v2.ColorJitter(contrast=contrast)])),
+        ]
+    )
+
+
+def test_transform(crop_size: int = CROP_SIZE) -> v2.Transform:
+    """Evaluation: centre crop, float ``(…, C, 48, 48)`` → ``(…, C, 32, 32)``."""
+    return v2.CenterCrop(crop_size)
+
+
+def center_crop(images: torch.Tensor, crop_size: int = CROP_SIZE) -> torch.Tensor:
+    """Centre crop of a batch: ``(N, C, H, W)`` → ``(N, C, crop_size, crop_size)``."""
+    return test_transform(crop_size)(images)
+
+
+def multi_crop(images: torch.Tensor, crop_size: int = CROP_SIZE) -> torch.Tensor:
+    """The 13-crop test views: ``(N, C, H, W)`` → ``(13, N, C, crop_size, crop_size)``.
+
+    Crop 0 is the centre crop; the others are shifted by :data:`MULTI_CROP_OFFSETS`.
+    Combine per-crop class activations normalised to sum 1, summed over crops, then argmax.
+    """
+    h, w = images.shape[-2:]
+    top, left = (h - crop_size) // 2, (w - crop_size) // 2
+    if top < 3 or left < 3 or h - top - crop_size < 3 or w - left - crop_size < 3:
+        raise ValueError(f"images of size {h}x{w} leave no room for 13 crops of {crop_size} (need 3 px margins)")
+    return torch.stack(
+        [images[..., top + dy : top + dy + crop_size, left + dx : left + dx + crop_size] for dy, dx in MULTI_CROP_OFFSETS]
+    )
