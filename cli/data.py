@@ -76,12 +76,12 @@ def _manifest_checksums(directory: Path) -> dict[str, str] | None:
     return None
 
 
-def _checksum_table(splits: dict[str, smallnorb.NorbSplit]) -> pd.DataFrame:
+def _checksum_table(splits: dict[str, smallnorb.NorbSplit], *, record: bool) -> pd.DataFrame:
     checksums: dict[str, str] = {}
     for split in splits.values():
         checksums.update(split.checksums)
     first = next(iter(splits.values()))
-    return verify_files(checksums, manifest=_manifest_checksums(first.source_dir))
+    return verify_files(checksums, manifest=_manifest_checksums(first.source_dir), record=record)
 
 
 @data.command()
@@ -100,7 +100,7 @@ def info(data_dir: Path | None, mode: str) -> None:
     click.echo(f"dataset: {first.dataset} ({mode}, {first.images.shape[1]} channel(s), {h}x{w})  dir: {first.source_dir}")
     click.echo(_counts_table(splits).to_markdown(index=False))
     click.echo()
-    table = _checksum_table(splits)
+    table = _checksum_table(splits, record=False)
     click.echo(table[["file", "sha256", "source", "status"]].to_markdown(index=False))
 
 
@@ -119,7 +119,7 @@ def verify(data_dir: Path | None) -> None:
       capsrobust data verify --dir ~/smallnorb
     """
     splits = _load_both(data_dir, "stereo")
-    table = _checksum_table(splits)
+    table = _checksum_table(splits, record=True)
     click.echo(f"dataset: {splits['training'].dataset}  dir: {splits['training'].source_dir}")
     click.echo(table[["file", "sha256", "source", "status"]].to_markdown(index=False))
     mismatched = table[table["status"] == "MISMATCH"]
@@ -165,3 +165,26 @@ def download(data_dir: Path, url: str, timeout: float) -> None:
     click.echo(f"downloaded into {data_dir}; verifying")
     ctx = click.get_current_context()
     ctx.invoke(verify, data_dir=data_dir)
+
+
+@data.command()
+@click.argument("split_name", metavar="SPLIT", default="full")
+@_dir_option()
+@_mode_option
+def splits(split_name: str, data_dir: Path | None, mode: str) -> None:
+    """Sizes of the train / validation / test index sets of a viewpoint protocol.
+
+    SPLIT is one of: full, azimuth, elevation. Validation holds out one training toy per
+    class (never seen in training, like the test toys); checkpoints are matched on it.
+
+    \b
+    Example:
+      capsrobust data splits azimuth --dir ~/smallnorb
+    """
+    from capsrobust.data.splits import get_split, split_indices
+
+    protocol = get_split(split_name)  # fail fast on a bad name, before touching data
+    train, test = (smallnorb.load_split(data_dir, s, mode) for s in smallnorb.SPLITS)
+    sizes = split_indices(protocol.name, train.meta, test.meta).sizes()
+    click.echo(f"dataset: {train.dataset} ({mode})  split: {protocol.name} -- {protocol.description}")
+    click.echo(pd.DataFrame([sizes]).to_markdown(index=False))

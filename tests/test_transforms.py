@@ -1,0 +1,77 @@
+"""Paper preprocessing: downsample, training augmentation, centre and 13-crop test views."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from capsrobust.data import transforms as T
+
+
+def test_downsample_maps_uint8_to_unit_range_at_48_pixels() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (5, 2, 96, 96), dtype=np.uint8)
+    out = T.downsample(images, chunk=2)
+    assert out.shape == (5, 2, 48, 48) and out.dtype == torch.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_downsample_averages_rather_than_subsamples() -> None:
+    # A one-pixel checkerboard averages to grey under an antialiased resize; plain subsampling would not.
+    board = (np.indices((96, 96)).sum(0) % 2 * 255).astype(np.uint8)[None, None]
+    out = T.downsample(board)
+    assert torch.allclose(out, torch.full_like(out, 0.5), atol=0.02)
+
+
+def test_train_transform_crops_to_32_and_stays_in_unit_range() -> None:
+    torch.manual_seed(0)
+    image = torch.rand(2, 48, 48)
+    augment = T.train_transform()
+    outs = [augment(image) for _ in range(20)]
+    assert all(o.shape == (2, 32, 32) and o.min() >= 0 and o.max() <= 1 for o in outs)
+    assert not all(torch.equal(outs[0], o) for o in outs[1:]), "augmentation should be random"
+
+
+def test_train_transform_jitters_both_cameras_alike() -> None:
+    torch.manual_seed(1)
+    camera = torch.rand(1, 48, 48)
+    out = T.train_transform()(torch.cat([camera, camera]))
+    torch.testing.assert_close(out[0], out[1])
+
+
+def test_brightness_shift_is_additive_and_bounded() -> None:
+    shift = T.RandomBrightnessShift(max_delta=0.25)
+    image = torch.full((1, 8, 8), 0.5)
+    for _ in range(50):
+        out = shift(image)
+        delta = (out - image).unique()
+        assert len(delta) == 1 and abs(float(delta)) <= 0.25 + 1e-6
+
+
+def test_contrast_range_matches_the_paper() -> None:
+    torch.manual_seed(2)
+    image = torch.linspace(0.3, 0.7, 48 * 48).reshape(1, 48, 48)
+    ratios = []
+    augment = T.train_transform(max_brightness_delta=0.0)
+    for _ in range(200):
+        out = augment(image)
+        ratios.append(float(out.std() / T.center_crop(image[None])[0].std()))
+    assert 0.15 < min(ratios) < 0.45 and 1.5 < max(ratios) < 1.9
+
+
+def test_center_crop_takes_the_middle() -> None:
+    images = torch.arange(48 * 48, dtype=torch.float32).reshape(1, 1, 48, 48)
+    crop = T.center_crop(images)
+    assert crop.shape == (1, 1, 32, 32)
+    assert crop[0, 0, 0, 0] == images[0, 0, 8, 8]
+
+
+def test_multi_crop_gives_the_centre_and_twelve_diagonal_shifts() -> None:
+    images = torch.rand(3, 2, 48, 48)
+    crops = T.multi_crop(images)
+    assert crops.shape == (13, 3, 2, 32, 32)
+    torch.testing.assert_close(crops[0], T.center_crop(images))
+    assert len(set(T.MULTI_CROP_OFFSETS)) == 13
+    assert {abs(dy) for dy, dx in T.MULTI_CROP_OFFSETS[1:]} == {1, 2, 3}
+    assert all(abs(dy) == abs(dx) for dy, dx in T.MULTI_CROP_OFFSETS)
+    k = T.MULTI_CROP_OFFSETS.index((-3, 2 * 0 + 3))
+    torch.testing.assert_close(crops[k], images[..., 5:37, 11:43])
