@@ -33,9 +33,13 @@ def cli() -> None:
 
 def _register() -> None:
     # Imported here so `capsrobust --help` stays quick and import cycles are impossible.
+    from capsrobust_cli.bench import bench
     from capsrobust_cli.data import data
+    from capsrobust_cli.evaluate import evaluate
+    from capsrobust_cli.train import train
 
-    cli.add_command(data)
+    for command in (data, train, evaluate, bench):
+        cli.add_command(command)
 
 
 _register()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from torchvision.transforms.v2 import functional as TF
+
 from capsrobust.data import transforms as T
 
 
@@ -75,3 +77,22 @@ def test_multi_crop_gives_the_centre_and_twelve_diagonal_shifts() -> None:
     assert all(abs(dy) == abs(dx) for dy, dx in T.MULTI_CROP_OFFSETS)
     k = T.MULTI_CROP_OFFSETS.index((-3, 2 * 0 + 3))
     torch.testing.assert_close(crops[k], images[..., 5:37, 11:43])
+
+
+def test_batched_augmentation_matches_torchvision_per_example() -> None:
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(6, 2, 48, 48, generator=g)
+    params = T.sample_augment_params(6, generator=g)
+    batch = T.augment_batch(images, params)
+    for i in range(6):
+        crop = TF.crop(images[i], int(params.top[i]), int(params.left[i]), 32, 32)
+        shifted = (crop + float(params.brightness[i])).clamp(0, 1)
+        expected = TF.adjust_contrast(shifted.unsqueeze(1), float(params.contrast[i])).squeeze(1)
+        torch.testing.assert_close(batch[i], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_augment_params_cover_the_paper_ranges() -> None:
+    params = T.sample_augment_params(4000, generator=torch.Generator().manual_seed(0))
+    assert params.top.min() == 0 and params.top.max() == 16 and params.left.max() == 16
+    assert params.brightness.abs().max() <= 63 / 255 and params.brightness.abs().max() > 0.24
+    assert 0.2 <= params.contrast.min() < 0.22 and 1.78 < params.contrast.max() <= 1.8

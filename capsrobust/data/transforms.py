@@ -12,6 +12,7 @@ one contrast value per example and applies them to both cameras (each camera kee
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,10 @@ __all__ = [
     "CROP_SIZE",
     "DOWNSAMPLED_SIZE",
     "MULTI_CROP_OFFSETS",
+    "AugmentParams",
     "RandomBrightnessShift",
+    "augment_batch",
+    "sample_augment_params",
     "center_crop",
     "downsample",
     "multi_crop",
@@ -45,12 +49,14 @@ def downsample(images: np.ndarray | torch.Tensor, size: int = DOWNSAMPLED_SIZE, 
 
     Done once per dataset (not per epoch), in chunks so memory stays bounded.
     """
-    source = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
-    if source.ndim != 4:
-        raise ValueError(f"expected images of shape (N, C, H, W), got {tuple(source.shape)}")
-    out = torch.empty(source.shape[0], source.shape[1], size, size, dtype=torch.float32)
-    for start in range(0, source.shape[0], chunk):
-        batch = source[start : start + chunk].to(torch.float32).div_(255.0)
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape (N, C, H, W), got {tuple(images.shape)}")
+    out = torch.empty(images.shape[0], images.shape[1], size, size, dtype=torch.float32)
+    for start in range(0, images.shape[0], chunk):
+        part = images[start : start + chunk]
+        # Chunk-wise copy: the source may be a read-only memory map of the decoded cache.
+        part = part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))
+        batch = part.to(torch.float32).div_(255.0)
         resized = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out[start : start + chunk] = resized.clamp_(0.0, 1.0)
     return out
@@ -125,3 +131,52 @@ def multi_crop(images: torch.Tensor, crop_size: int = CROP_SIZE) -> torch.Tensor
     return torch.stack(
         [images[..., top + dy : top + dy + crop_size, left + dx : left + dx + crop_size] for dy, dx in MULTI_CROP_OFFSETS]
     )
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Per-example augmentation draws for a batch of N: crop corner, brightness delta, contrast factor."""
+
+    top: torch.Tensor  # (N,) int64
+    left: torch.Tensor  # (N,) int64
+    brightness: torch.Tensor  # (N,) float32, additive
+    contrast: torch.Tensor  # (N,) float32, factor
+
+
+def sample_augment_params(
+    n: int,
+    image_size: int = DOWNSAMPLED_SIZE,
+    crop_size: int = CROP_SIZE,
+    max_brightness_delta: float = 63 / 255,
+    contrast: tuple[float, float] = (0.2, 1.8),
+    generator: torch.Generator | None = None,
+) -> AugmentParams:
+    """Draw the same distributions as :func:`train_transform`, for ``n`` examples at once."""
+    span = image_size - crop_size + 1
+    top = torch.randint(0, span, (n,), generator=generator)
+    left = torch.randint(0, span, (n,), generator=generator)
+    brightness = (torch.rand(n, generator=generator) * 2 - 1) * max_brightness_delta
+    factor = contrast[0] + torch.rand(n, generator=generator) * (contrast[1] - contrast[0])
+    return AugmentParams(top, left, brightness, factor)
+
+
+def augment_batch(
+    images: torch.Tensor, params: AugmentParams, crop_size: int = CROP_SIZE
+) -> torch.Tensor:
+    """Vectorised training augmentation: ``(N, C, 48, 48)`` in [0, 1] → ``(N, C, 32, 32)`` in [0, 1].
+
+    Same operations as :func:`train_transform` (crop, additive brightness then clamp, contrast about
+    each camera's mean then clamp), applied to a whole batch with one gather and a few
+    element-wise ops instead of N Python-level transform calls.
+    """
+    n, c, _, _ = images.shape
+    offsets = torch.arange(crop_size)
+    rows = (params.top[:, None] + offsets)[:, None, :, None]  # (N, 1, S, 1)
+    cols = (params.left[:, None] + offsets)[:, None, None, :]  # (N, 1, 1, S)
+    batch = torch.arange(n)[:, None, None, None]
+    chans = torch.arange(c)[None, :, None, None]
+    crops = images[batch, chans, rows, cols]  # (N, C, S, S)
+    crops = (crops + params.brightness[:, None, None, None]).clamp_(0.0, 1.0)
+    mean = crops.mean(dim=(-2, -1), keepdim=True)
+    factor = params.contrast[:, None, None, None]
+    return (factor * crops + (1 - factor) * mean).clamp_(0.0, 1.0)

@@ -1,0 +1,216 @@
+"""Throughput and memory benchmarks (``capsrobust bench``).
+
+Models part: :func:`bench_models` (training and inference images/s and peak RSS of each model,
+each measured in a fresh subprocess so peak memory is that model's alone) and
+:func:`bench_routing` (EM routing alone on ConvCaps1-sized votes, fast vs straightforward).
+The "straightforward" baseline is :mod:`capsrobust.models.routing_naive`, measured in the same
+run, so ratios are meaningful even on a noisy shared CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+
+from capsrobust.errors import ConfigError
+
+#: glibc malloc settings for the measuring subprocess: serve big tensors from the heap and keep
+#: freed memory, instead of mmap/munmap per allocation -- on CPU, re-faulting hundreds of MB of
+#: fresh pages for every vote-sized temporary costs as much as the arithmetic. Training scripts
+#: can export the same two variables.
+ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
+STRAIGHTFORWARD = "straightforward"
+FAST = "fast"
+
+
+@dataclass(frozen=True)
+class ModelBenchConfig:
+    """One measurement: a model, its routing, batch sizes, step counts and threads."""
+
+    model: str
+    routing: str = FAST
+    train_batch: int = 32
+    infer_batch: int = 128
+    steps: int = 3
+    warmup: int = 1
+    threads: int | None = None
+    compile: bool = False
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _build(config: ModelBenchConfig) -> torch.nn.Module:
+    from capsrobust.models import build_model
+    from capsrobust.models.routing_naive import naive_em_routing
+
+    overrides: dict[str, Any] = {}
+    if config.routing == STRAIGHTFORWARD:
+        if config.model == "cnn":
+            raise ConfigError("the cnn has no routing; use routing='fast' for it")
+        overrides = dict(routing=naive_em_routing, normalisation="patch")
+    return build_model(config.model, in_channels=2, **overrides)
+
+
+def _timed(fn: Callable[[], None], steps: int, warmup: int) -> float:
+    """Seconds per call of ``fn`` after ``warmup`` untimed calls (median-free: total / steps)."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def measure_model(config: ModelBenchConfig) -> dict[str, Any]:
+    """Training (forward + loss + backward + Adam step) and inference images/s, in this process."""
+    from capsrobust.losses import cross_entropy, spread_loss
+
+    _set_threads(config.threads)
+    torch.manual_seed(0)
+    model = _build(config)
+    runner = torch.compile(model) if config.compile else model
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    images = torch.rand(config.train_batch, 2, 32, 32)
+    labels = torch.randint(0, 5, (config.train_batch,))
+    loss_fn = cross_entropy if model.score_kind == "logits" else (lambda s, t: spread_loss(s, t, 0.2))
+
+    def train_step() -> None:
+        optimiser.zero_grad(set_to_none=True)
+        loss_fn(runner(images), labels).backward()
+        optimiser.step()
+
+    model.train()
+    train_s = _timed(train_step, config.steps, config.warmup)
+    model.eval()
+    infer_images = torch.rand(config.infer_batch, 2, 32, 32)
+
+    def infer_step() -> None:
+        with torch.inference_mode():
+            runner(infer_images)
+
+    infer_s = _timed(infer_step, config.steps, config.warmup)
+    return {
+        "model": config.model,
+        "routing": "-" if config.model == "cnn" else config.routing,
+        "train_batch": config.train_batch,
+        "train_img_s": config.train_batch / train_s,
+        "infer_batch": config.infer_batch,
+        "infer_img_s": config.infer_batch / infer_s,
+        "threads": torch.get_num_threads(),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+
+
+def _measure_in_subprocess(config: ModelBenchConfig) -> dict[str, Any]:
+    """Run :func:`measure_model` in a fresh interpreter so its peak RSS is the model's alone."""
+    code = "import sys; from capsrobust.bench import _child_main; _child_main(sys.argv[1])"
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(asdict(config))], capture_output=True, text=True, check=False,
+        env={**os.environ, **ALLOCATOR_ENV},
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark of {config.model} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _child_main(config_json: str) -> None:
+    print(json.dumps(measure_model(ModelBenchConfig(**json.loads(config_json)))))
+
+
+def bench_models(
+    models: tuple[str, ...] = ("capsules", "capsules-small", "cnn"),
+    *,
+    steps: int = 3,
+    train_batch: int = 32,
+    infer_batch: int = 128,
+    straightforward: tuple[str, ...] = ("capsules",),
+    straightforward_batch: int = 8,
+    threads: int | None = None,
+    compile: bool = False,
+    isolate: bool = True,
+) -> pd.DataFrame:
+    """Images/s (train at ``train_batch``, inference at ``infer_batch``) and peak RSS per model.
+
+    Models named in ``straightforward`` are measured a second time built with the naive routing
+    (at ``straightforward_batch``, which is smaller because it is ~30x slower and stores every
+    intermediate); ``train_speedup`` is fast / straightforward training images/s.
+    Returns one row per (model, routing).
+    """
+    measure = _measure_in_subprocess if isolate else measure_model
+    rows = []
+    for name in models:
+        rows.append(measure(ModelBenchConfig(name, FAST, train_batch, infer_batch, steps, 1, threads, compile)))
+        if name in straightforward:
+            small = min(straightforward_batch, train_batch)
+            rows.append(measure(ModelBenchConfig(name, STRAIGHTFORWARD, small, small, max(1, steps // 2), 1,
+                                                 threads, False)))
+    table = pd.DataFrame(rows)
+    table["infer_over_train"] = table["infer_img_s"] / table["train_img_s"]
+    baseline = table[table["routing"] == STRAIGHTFORWARD].set_index("model")["train_img_s"]
+    table["train_speedup"] = [
+        row.train_img_s / baseline[row.model] if row.model in baseline.index else float("nan")
+        for row in table.itertuples()
+    ]
+    return table
+
+
+def routing_votes(batch: int, *, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random ConvCaps1-sized routing inputs of the A=B=C=D=32 net (14x14x32 -> 6x6x32, k3 s2)."""
+    from capsrobust.models.layers import patch_child_index
+
+    gen = torch.Generator().manual_seed(seed)
+    index = patch_child_index(14, 14, 32, 3, 2)  # (36, 288)
+    votes = torch.randn(batch, 36, 32, index.shape[1], 16, generator=gen)
+    acts = torch.rand(batch, 14 * 14 * 32, generator=gen)[:, index]
+    return votes, acts, torch.zeros(32), torch.zeros(32), index
+
+
+def bench_routing(batch: int = 8, *, steps: int = 3, threads: int | None = None) -> pd.DataFrame:
+    """EM routing alone (3 iterations, ConvCaps1-sized votes): fast vs straightforward, same run.
+
+    Rows: implementation, forward ms and forward+backward ms per batch, and speedups over the
+    straightforward version.
+    """
+    from capsrobust.models.routing import em_routing
+    from capsrobust.models.routing_naive import naive_em_routing
+
+    _set_threads(threads)
+    votes, acts, beta_u, beta_a, index = routing_votes(batch)
+    rows = []
+    for name, fn, kwargs in [
+        (FAST, em_routing, dict(child_index=index, num_children=14 * 14 * 32)),
+        (STRAIGHTFORWARD, naive_em_routing, {}),
+    ]:
+        def forward() -> None:
+            with torch.no_grad():
+                fn(votes, acts, beta_u, beta_a, 3, **kwargs)
+
+        def forward_backward() -> None:
+            leaves = [t.detach().requires_grad_(True) for t in (votes, acts, beta_u, beta_a)]
+            poses, out = fn(*leaves, 3, **kwargs)
+            (poses.sum() + out.sum()).backward()
+
+        rows.append({
+            "routing": name,
+            "batch": batch,
+            "forward_ms": 1000 * _timed(forward, steps, 1),
+            "forward_backward_ms": 1000 * _timed(forward_backward, steps, 1),
+        })
+    table = pd.DataFrame(rows)
+    base = table.set_index("routing").loc[STRAIGHTFORWARD]
+    table["forward_speedup"] = base["forward_ms"] / table["forward_ms"]
+    table["forward_backward_speedup"] = base["forward_backward_ms"] / table["forward_backward_ms"]
+    return table

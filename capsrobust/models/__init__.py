@@ -1,0 +1,57 @@
+"""Models: matrix-capsule networks and the paper's baseline CNN, built by name.
+
+Every model maps float images in [0, 1], shape (N, C, 32, 32) with C = 1 (mono) or 2 (stereo),
+to class scores (N, 5); ``model.score_kind`` says whether they are capsule ``"activation"``s
+or CNN ``"logits"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from capsrobust.errors import ConfigError
+from capsrobust.models.capsnet import MatrixCapsNet
+from capsrobust.models.cnn import BaselineCNN
+from capsrobust.models.routing import em_routing
+
+__all__ = ["MODEL_NAMES", "BaselineCNN", "MatrixCapsNet", "build_model", "capsules", "capsules_small", "cnn",
+           "em_routing"]
+
+MODEL_NAMES = ("capsules", "capsules-small", "cnn")
+
+
+def capsules(*, in_channels: int = 2, **overrides: Any) -> MatrixCapsNet:
+    """Matrix capsules with EM routing, A=B=C=D=32, 3 iterations (~310K params; Hinton et al., ICLR 2018)."""
+    config: dict[str, Any] = dict(A=32, B=32, C=32, D=32, iterations=3)
+    config.update(overrides)
+    return MatrixCapsNet(in_channels, **config)
+
+
+def capsules_small(*, in_channels: int = 2, **overrides: Any) -> MatrixCapsNet:
+    """The paper's small capsule net, A=64, B=8, C=D=16 (~68K params; Hinton et al., ICLR 2018)."""
+    config: dict[str, Any] = dict(A=64, B=8, C=16, D=16, iterations=3)
+    config.update(overrides)
+    return MatrixCapsNet(in_channels, **config)
+
+
+def cnn(*, in_channels: int = 2, **overrides: Any) -> BaselineCNN:
+    """The paper's baseline CNN (~4.2M params; Hinton et al., ICLR 2018, §5)."""
+    return BaselineCNN(in_channels, **overrides)
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "capsules": capsules,
+    "capsules-small": capsules_small,
+    "cnn": cnn,
+}
+
+
+def build_model(name: str, in_channels: int = 2, **overrides: Any) -> nn.Module:
+    """Build a model by name (one of :data:`MODEL_NAMES`); ``overrides`` go to its builder."""
+    try:
+        builder = _BUILDERS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}") from None
+    return builder(in_channels=in_channels, **overrides)

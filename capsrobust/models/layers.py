@@ -1,0 +1,162 @@
+"""Capsule layers of the matrix-capsule network (paper §3, Fig. 1).
+
+Capsule tensors are channels-last: poses (N, H, W, T, 16) -- a flattened 4x4 pose matrix per
+capsule of type T at grid position (H, W) -- and activations (N, H, W, T).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from capsrobust.models.routing import em_routing
+
+RoutingFn = Callable[..., tuple[Tensor, Tensor]]
+
+#: Std of the 4x4 transformation matrices at initialisation: a vote V = M W sums 4 products,
+#: so std 0.5 keeps votes on the scale of the incoming poses.
+TRANSFORM_INIT_STD = 0.5
+
+
+def patch_child_index(height: int, width: int, types: int, kernel: int, stride: int) -> Tensor:
+    """(L, I) ids of the children in each k x k patch; L = out_h*out_w, I = k*k*types.
+
+    Child id = (row * width + col) * types + type; slot order within a patch is
+    (kernel row, kernel col, type), matching the transformation-matrix layout of ConvCaps.
+    """
+    out_h = (height - kernel) // stride + 1
+    out_w = (width - kernel) // stride + 1
+    rows = (torch.arange(out_h) * stride).view(out_h, 1, 1, 1, 1, 1)
+    cols = (torch.arange(out_w) * stride).view(1, out_w, 1, 1, 1, 1)
+    dy = torch.arange(kernel).view(1, 1, kernel, 1, 1, 1)
+    dx = torch.arange(kernel).view(1, 1, 1, kernel, 1, 1)
+    kind = torch.arange(types).view(1, 1, 1, 1, 1, types)
+    index = ((rows + dy) * width + (cols + dx)) * types + kind
+    return index.reshape(out_h * out_w, kernel * kernel * types)
+
+
+class PrimaryCaps(nn.Module):
+    """1x1 convolution to B capsule types: a 4x4 pose (16 linear outputs) and a sigmoid activation.
+
+    features (N, in_channels, H, W) -> poses (N, H, W, B, 16), activations (N, H, W, B).
+    """
+
+    def __init__(self, in_channels: int, types: int) -> None:
+        super().__init__()
+        self.types = types
+        self.pose = nn.Conv2d(in_channels, types * 16, kernel_size=1)
+        self.activation = nn.Conv2d(in_channels, types, kernel_size=1)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        n, _, h, w = features.shape
+        poses = self.pose(features).permute(0, 2, 3, 1).reshape(n, h, w, self.types, 16)
+        acts = torch.sigmoid(self.activation(features)).permute(0, 2, 3, 1)
+        return poses, acts
+
+
+class ConvCaps(nn.Module):
+    """Convolutional capsule layer with EM routing (paper §3).
+
+    One 4x4 W per (kernel position, input type, output type), shared across positions.
+    poses (N, H, W, B, 16), activations (N, H, W, B) -> (N, H', W', C, 16), (N, H', W', C).
+    Each child's assignments are normalised over all parents containing it unless
+    ``normalisation="patch"`` (see :func:`capsrobust.models.routing.em_routing`).
+    """
+
+    def __init__(
+        self,
+        in_types: int,
+        out_types: int,
+        kernel_size: int,
+        stride: int,
+        iterations: int = 3,
+        *,
+        schedule: str = "official",
+        normalisation: str = "official",
+        routing: RoutingFn = em_routing,
+    ) -> None:
+        super().__init__()
+        self.in_types, self.out_types = in_types, out_types
+        self.kernel_size, self.stride = kernel_size, stride
+        self.iterations, self.schedule, self.normalisation = iterations, schedule, normalisation
+        self.routing = routing
+        slots = kernel_size * kernel_size * in_types
+        self.weight = nn.Parameter(torch.randn(slots, out_types, 4, 4) * TRANSFORM_INIT_STD)
+        self.beta_u = nn.Parameter(torch.zeros(out_types))
+        self.beta_a = nn.Parameter(torch.zeros(out_types))
+        self._geometry: tuple[int, int] | None = None
+        self.register_buffer("child_index", torch.empty(0, dtype=torch.long), persistent=False)
+
+    def _index_for(self, height: int, width: int, device: torch.device) -> Tensor:
+        if self._geometry != (height, width) or self.child_index.device != device:
+            index = patch_child_index(height, width, self.in_types, self.kernel_size, self.stride)
+            self.child_index = index.to(device)
+            self._geometry = (height, width)
+        return self.child_index
+
+    def forward(self, poses: Tensor, activations: Tensor) -> tuple[Tensor, Tensor]:
+        n, h, w, _, _ = poses.shape
+        index = self._index_for(h, w, poses.device)
+        out_h = (h - self.kernel_size) // self.stride + 1
+        out_w = (w - self.kernel_size) // self.stride + 1
+        patches = poses.reshape(n, -1, 4, 4)[:, index]  # (N, L, I, 4, 4)
+        patch_acts = activations.reshape(n, -1)[:, index]  # (N, L, I)
+        votes = torch.einsum("nlirk,iokc->nloirc", patches, self.weight)
+        votes = votes.reshape(n, out_h * out_w, self.out_types, index.shape[1], 16)
+        out_poses, out_acts = self.routing(
+            votes, patch_acts, self.beta_u, self.beta_a, self.iterations,
+            schedule=self.schedule, normalisation=self.normalisation,
+            child_index=index, num_children=h * w * self.in_types,
+        )
+        return (
+            out_poses.reshape(n, out_h, out_w, self.out_types, 16),
+            out_acts.reshape(n, out_h, out_w, self.out_types),
+        )
+
+
+class ClassCaps(nn.Module):
+    """One capsule per class, transforms shared across positions, coordinate addition (paper §3).
+
+    The scaled (row, col) of each input capsule's receptive-field centre is added to the first
+    two entries of the right-hand column of its vote (pose entries (0, 3) and (1, 3)); votes
+    stay 16-d. The official class layer uses lambda_final / 4.
+    poses (N, H, W, D, 16), activations (N, H, W, D) -> (N, classes, 16), (N, classes).
+    """
+
+    def __init__(
+        self,
+        in_types: int,
+        num_classes: int,
+        centres: Tensor,
+        iterations: int = 3,
+        *,
+        schedule: str = "official",
+        normalisation: str = "official",
+        routing: RoutingFn = em_routing,
+    ) -> None:
+        super().__init__()
+        self.in_types, self.num_classes = in_types, num_classes
+        self.iterations, self.schedule, self.normalisation = iterations, schedule, normalisation
+        self.routing = routing
+        self.weight = nn.Parameter(torch.randn(in_types, num_classes, 4, 4) * TRANSFORM_INIT_STD)
+        self.beta_u = nn.Parameter(torch.zeros(num_classes))
+        self.beta_a = nn.Parameter(torch.zeros(num_classes))
+        # centres: (H, W, 2) receptive-field centres, scaled to [0, 1] of the input image.
+        self.register_buffer("centres", centres.clone(), persistent=False)
+
+    def forward(self, poses: Tensor, activations: Tensor) -> tuple[Tensor, Tensor]:
+        n, h, w, d, _ = poses.shape
+        votes = torch.einsum("npdrk,dokc->nopdrc", poses.reshape(n, h * w, d, 4, 4), self.weight)
+        votes = votes.reshape(n, self.num_classes, h * w, d, 16)
+        offsets = poses.new_zeros(h * w, 1, 16)
+        offsets[:, 0, 3] = self.centres.reshape(h * w, 2)[:, 0]
+        offsets[:, 0, 7] = self.centres.reshape(h * w, 2)[:, 1]
+        votes = (votes + offsets).reshape(n, 1, self.num_classes, h * w * d, 16)
+        lambda_scale = 0.25 if self.schedule == "official" else 1.0
+        out_poses, out_acts = self.routing(
+            votes, activations.reshape(n, 1, h * w * d), self.beta_u, self.beta_a, self.iterations,
+            schedule=self.schedule, lambda_scale=lambda_scale, normalisation=self.normalisation,
+        )
+        return out_poses.reshape(n, self.num_classes, 16), out_acts.reshape(n, self.num_classes)

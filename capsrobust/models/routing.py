@@ -1,0 +1,290 @@
+"""EM routing between capsule layers (Hinton, Sabour & Frosst, ICLR 2018, Procedure 1).
+
+One pure function, :func:`em_routing`, vectorised so that the only operations that touch the
+big vote tensor are batched matrix products (see "Why it is fast" below). A slow, literal
+float64 transcription of Procedure 1 lives in ``tests/routing_reference.py`` and is the
+oracle this module is tested against.
+
+Shapes (``N`` images, ``L`` parent positions / patches, ``O`` parent capsule types, ``I``
+child slots per patch, 16 = a flattened 4x4 pose):
+
+    votes:        (N, L, O, I, 16)   V_ij, any strides (a permuted view is fine)
+    activations:  (N, L, I)          a_i of the child in slot i of patch l
+    beta_u:       (O,)               per output capsule *type* (paper §3)
+    beta_a:       (O,)
+    child_index:  (L, I) long        which child (0 .. num_children-1) sits in slot (l, i)
+    returns       poses (N, L, O, 16), activations (N, L, O)
+
+Why it is fast: the M-step sums sum_i R_ij V_ij and sum_i R_ij V_ij^2 and the E-step's
+sum_h (V - mu)^2 / sigma^2 are all contractions of ``[V, V^2]`` (N, L, O, I, 32) with a small
+tensor, i.e. batched mat-vec products over (n, l, o); ``(V - mu)`` is never materialised.
+Votes are centred once (routing is equivariant to a per-parent shift of its votes) so the
+moment form of the variance does not lose precision in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+import torch.nn.functional as F
+
+Schedule = Literal["official", "normalized"]
+Normalisation = Literal["official", "patch"]
+
+SCHEDULES: tuple[str, ...] = ("official", "normalized")
+NORMALISATIONS: tuple[str, ...] = ("official", "patch")
+
+#: Official code: lambda_final = 0.01 with un-normalised costs (REFERENCE.md §4).
+OFFICIAL_FINAL_LAMBDA = 0.01
+#: Official code adds ~5e-4 to every variance so a parent with one child cannot collapse.
+VARIANCE_FLOOR = 5e-4
+#: Guards sum_i R_ij when every child of a parent is inactive (a_i = 0).
+_MIN_MASS = 1e-10
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def inverse_temperatures(schedule: str, iterations: int, lambda_scale: float = 1.0) -> list[float]:
+    """Inverse temperature lambda for each M-step ``i = 0 .. iterations-1``.
+
+    ``"official"``: lambda_i = 0.01 * scale * (1 - 0.95^(i+1)) -- the authors' OpenReview answer
+    and released code; their class layer uses scale 1/4. Costs are *not* normalised.
+    ``"normalized"``: lambda_i = scale * (i + 1) (1, 2, 3, ...), used with costs standardised over
+    the layer's parents, as in several public re-implementations.
+    """
+    if schedule == "official":
+        return [OFFICIAL_FINAL_LAMBDA * lambda_scale * (1.0 - 0.95 ** (i + 1)) for i in range(iterations)]
+    if schedule == "normalized":
+        return [lambda_scale * (i + 1.0) for i in range(iterations)]
+    raise ValueError(f"unknown routing schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+
+def uniform_log_assignments(
+    child_index: Tensor | None, num_parent_types: int, shape_li: tuple[int, int], dtype: torch.dtype
+) -> Tensor:
+    """log R_ij at the start (uniform over every parent a child feeds): (1, L, 1, I).
+
+    With ``child_index`` the child's mass is split over all (position, type) parents that
+    contain it (official); without, over the ``O`` parent types of its patch.
+    """
+    length, slots = shape_li
+    if child_index is None:
+        return torch.full((1, length, 1, slots), -math.log(num_parent_types), dtype=dtype, device="cpu")
+    flat = child_index.reshape(-1)
+    counts = torch.bincount(flat).to(dtype) * num_parent_types
+    return (-counts.log())[flat].view(1, length, 1, slots)
+
+
+def _log_normalise(logits: Tensor, child_index: Tensor | None, num_children: int) -> Tensor:
+    """log R from unnormalised log-assignments: logits (N, L, O, I) -> (N, L, O, I).
+
+    Per patch: log-softmax over the O types. Official ("parents compete"): over every
+    (position, type) parent of the child, a log-sum-exp gathered per child with index_add.
+    """
+    if child_index is None:
+        return torch.log_softmax(logits, dim=2)
+    n, length, _, slots = logits.shape
+    per_slot = torch.logsumexp(logits, dim=2).reshape(n, length * slots)  # (N, L*I)
+    flat = child_index.reshape(-1)
+    with torch.no_grad():  # the shift only stabilises; the result does not depend on it
+        shift = per_slot.new_full((n, num_children), -torch.inf)
+        shift.scatter_reduce_(1, flat.expand(n, -1), per_slot, reduce="amax", include_self=True)
+        shift = torch.nan_to_num(shift, neginf=0.0)
+    total = per_slot.new_zeros((n, num_children)).index_add(1, flat, torch.exp(per_slot - shift[:, flat]))
+    # Children outside every receptive field have total 0; keep log() finite there.
+    total = torch.where(total > 0, total, torch.ones_like(total))
+    per_child = shift + total.log()  # (N, C)
+    return logits - per_child[:, flat].view(n, length, 1, slots)
+
+
+def _stack_votes(votes: Tensor) -> tuple[Tensor, Tensor]:
+    """votes (N, L, O, I, 16) -> [V - c, (V - c)^2] (N, L, O, I, 32) contiguous, centre c (N, L, O, 1, 16)."""
+    centre = votes.mean(dim=3, keepdim=True)
+    stacked = votes.new_empty(votes.shape[:-1] + (2 * votes.shape[-1],))
+    dim = votes.shape[-1]
+    torch.sub(votes, centre, out=stacked[..., :dim])
+    torch.mul(stacked[..., :dim], stacked[..., :dim], out=stacked[..., dim:])
+    return stacked, centre
+
+
+class _Tape:
+    """Factors of d loss / d stacked = sum_k left_k (x) right_k, collected during backward."""
+
+    def __init__(self) -> None:
+        self.left: list[Tensor] = []  # (N, L, O, I) each
+        self.right: list[Tensor] = []  # (N, L, O, 32) each
+
+
+class _StackVotes(torch.autograd.Function):
+    """Builds [V - c, (V - c)^2] once; its backward turns all recorded outer-product factors into
+    one batched matmul, instead of autograd writing a full-size gradient per contraction."""
+
+    @staticmethod
+    def forward(ctx, votes: Tensor, tape: _Tape):  # type: ignore[override]
+        stacked, centre = _stack_votes(votes)
+        ctx.tape = tape
+        ctx.slots = votes.shape[3]
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(stacked)
+        ctx.save_for_backward(stacked)
+        token = votes.new_zeros(())  # ties every contraction below to this node
+        return stacked, centre, token
+
+    @staticmethod
+    def backward(ctx, _g_stacked, g_centre, _g_token):  # type: ignore[override]
+        (stacked,) = ctx.saved_tensors
+        tape: _Tape = ctx.tape
+        n, length, types, slots, width = stacked.shape
+        dim = width // 2
+        if tape.left:
+            left = torch.stack(tape.left, dim=-1).view(n * length * types, slots, -1)  # (B, I, K)
+            right = torch.stack(tape.right, dim=-2).view(n * length * types, -1, width)  # (B, K, 32)
+            g_stacked = torch.bmm(left, right).view(stacked.shape)
+            tape.left.clear(), tape.right.clear()
+            # d/dV of [V - c, (V - c)^2] with c = mean_i V (the centring's own term is the mean removal).
+            g_votes = torch.addcmul(g_stacked[..., :dim], stacked[..., :dim], g_stacked[..., dim:], value=2.0)
+            del g_stacked
+            g_votes.sub_(g_votes.mean(dim=3, keepdim=True))
+        else:
+            g_votes = stacked.new_zeros(stacked.shape[:-1] + (dim,))
+        if g_centre is not None:
+            g_votes.add_(g_centre / ctx.slots)
+        return g_votes, None
+
+
+class _WeightedSums(torch.autograd.Function):
+    """M-step contraction: weights (N, L, O, I), stacked (N, L, O, I, 32) -> (N, L, O, 32)."""
+
+    @staticmethod
+    def forward(ctx, weights: Tensor, token: Tensor, stacked: Tensor, tape: _Tape):  # type: ignore[override]
+        ctx.save_for_backward(weights, stacked)
+        ctx.tape = tape
+        return torch.matmul(weights.unsqueeze(3), stacked).squeeze(3)
+
+    @staticmethod
+    def backward(ctx, g_sums):  # type: ignore[override]
+        weights, stacked = ctx.saved_tensors
+        ctx.tape.left.append(weights)
+        ctx.tape.right.append(g_sums)
+        g_weights = torch.matmul(stacked, g_sums.unsqueeze(-1)).squeeze(-1)
+        return g_weights, torch.zeros((), dtype=g_sums.dtype), None, None
+
+
+class _Projections(torch.autograd.Function):
+    """E-step contraction: stacked (N, L, O, I, 32), coeff (N, L, O, 32) -> (N, L, O, I)."""
+
+    @staticmethod
+    def forward(ctx, coeff: Tensor, token: Tensor, stacked: Tensor, tape: _Tape):  # type: ignore[override]
+        ctx.save_for_backward(coeff, stacked)
+        ctx.tape = tape
+        return torch.matmul(stacked, coeff.unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, g_proj):  # type: ignore[override]
+        coeff, stacked = ctx.saved_tensors
+        ctx.tape.left.append(g_proj)
+        ctx.tape.right.append(coeff)
+        g_coeff = torch.matmul(g_proj.unsqueeze(3), stacked).squeeze(3)
+        return g_coeff, torch.zeros((), dtype=g_proj.dtype), None, None
+
+
+def em_routing(
+    votes: Tensor,
+    activations: Tensor,
+    beta_u: Tensor,
+    beta_a: Tensor,
+    iterations: int = 3,
+    *,
+    schedule: Schedule = "official",
+    lambda_scale: float = 1.0,
+    normalisation: Normalisation = "official",
+    child_index: Tensor | None = None,
+    num_children: int | None = None,
+    variance_floor: float = VARIANCE_FLOOR,
+) -> tuple[Tensor, Tensor]:
+    """Route child votes to parent capsules with EM (paper Procedure 1).
+
+    Args:
+        votes: (N, L, O, I, 16) child-to-parent votes V_ij.
+        activations: (N, L, I) child activations a_i in [0, 1].
+        beta_u, beta_a: (O,) learned per parent type.
+        iterations: number of M-steps (E-steps run between them), >= 1.
+        schedule: ``"official"`` or ``"normalized"`` (see :func:`inverse_temperatures`).
+        lambda_scale: multiplies the schedule (official class layer: 0.25).
+        normalisation: ``"official"``: each child's assignments sum to 1 over *all* parents
+            whose receptive field contains it (needs ``child_index``; without it every slot is
+            its own child, which is exact when patches do not overlap); ``"patch"``: over the
+            O types of each patch only (the common naive choice).
+        child_index: (L, I) long, child id of slot (l, i); ``num_children`` = number of ids.
+        variance_floor: added to every variance (official stabiliser).
+
+    Returns:
+        poses (N, L, O, 16) = mu_j and activations (N, L, O) = a_j of the last M-step.
+        Gradients flow through every iteration.
+    """
+    if iterations < 1:
+        raise ValueError("iterations must be >= 1")
+    n, length, types, slots, dim = votes.shape
+    if normalisation == "patch":
+        child_index = None
+    elif normalisation != "official":
+        raise ValueError(f"unknown normalisation {normalisation!r}; valid: {', '.join(NORMALISATIONS)}")
+    if child_index is not None and num_children is None:
+        num_children = int(child_index.max()) + 1
+    lambdas = inverse_temperatures(schedule, iterations, lambda_scale)
+
+    # Centre each parent's votes (a shift the routing is equivariant to) and build [V, V^2].
+    if torch.is_grad_enabled() and votes.requires_grad:
+        tape = _Tape()
+        stacked, centre, token = _StackVotes.apply(votes, tape)
+
+        def weighted_sums(weights: Tensor) -> Tensor:
+            return _WeightedSums.apply(weights, token, stacked, tape)
+
+        def projections(coeff: Tensor) -> Tensor:
+            return _Projections.apply(coeff, token, stacked, tape)
+    else:
+        stacked, centre = _stack_votes(votes)  # (N, L, O, I, 32), (N, L, O, 1, 16)
+
+        def weighted_sums(weights: Tensor) -> Tensor:
+            return torch.matmul(weights.unsqueeze(3), stacked).squeeze(3)
+
+        def projections(coeff: Tensor) -> Tensor:
+            return torch.matmul(stacked, coeff.unsqueeze(-1)).squeeze(-1)
+
+    log_r = uniform_log_assignments(child_index, types, (length, slots), votes.dtype).to(votes.device)
+    child_act = activations.unsqueeze(2)  # (N, L, 1, I)
+    beta_u = beta_u.view(types, 1)
+    beta_a = beta_a.view(types)
+    for step, lam in enumerate(lambdas):
+        # ---- M-step: R_ij <- R_ij a_i, weighted moments of the votes. ----
+        weights = (torch.exp(log_r) * child_act).expand(n, length, types, slots)  # (N, L, O, I)
+        mass = weights.sum(dim=3)  # (N, L, O)
+        moments = weighted_sums(weights)  # (N, L, O, 32)
+        moments = moments / mass.clamp_min(_MIN_MASS).unsqueeze(-1)
+        mean, mean_sq = moments.split(dim, dim=-1)
+        variance = (mean_sq - mean * mean).clamp_min(0.0) + variance_floor  # (N, L, O, 16)
+        log_sd = 0.5 * torch.log(variance)
+        cost = ((beta_u + log_sd) * mass.unsqueeze(-1)).sum(dim=-1)  # (N, L, O)
+        if schedule == "normalized":
+            flat_cost = cost.reshape(n, -1)
+            cost = (cost - flat_cost.mean(1).view(n, 1, 1)) / torch.sqrt(
+                flat_cost.var(1, unbiased=False).view(n, 1, 1) + 1e-6
+            )
+        logit_a = lam * (beta_a - cost)
+        if step == iterations - 1:
+            return mean + centre.squeeze(3), torch.sigmoid(logit_a)
+        # ---- E-step: log a_j + log N(V_ij; mu_j, sigma_j^2), normalised over parents. ----
+        inv_var = 1.0 / variance
+        coeff = torch.cat([mean * inv_var, -0.5 * inv_var], dim=-1)  # (N, L, O, 32)
+        quad = projections(coeff)  # (N, L, O, I)
+        const = (
+            F.logsigmoid(logit_a)
+            - 0.5 * (mean * mean * inv_var).sum(-1)
+            - log_sd.sum(-1)
+            - dim * _HALF_LOG_2PI
+        )
+        log_r = _log_normalise(quad + const.unsqueeze(-1), child_index, num_children or 0)
+    raise AssertionError("unreachable")

@@ -1,0 +1,55 @@
+"""Provenance of a result: the command, commit, versions and time that produced it."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["git_commit", "provenance", "versions"]
+
+_PACKAGES = ("capsrobust", "torch", "torchvision", "torchattacks", "numpy", "pandas", "click")
+
+
+def git_commit(cwd: str | os.PathLike[str] | None = None) -> str:
+    """``<sha>`` of HEAD (``+dirty`` if the tree has uncommitted changes), or ``unknown`` outside git."""
+    where = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages a result depends on, and Python's."""
+    found = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def provenance(**fields: Any) -> dict[str, Any]:
+    """A provenance record: ``command`` (argv as typed), ``commit``, ``versions``, ``date``, plus ``fields``."""
+    argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else []
+    record: dict[str, Any] = {
+        "command": shlex.join(argv),
+        "commit": git_commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "cpu_threads": os.cpu_count(),
+    }
+    record.update(fields)
+    return record

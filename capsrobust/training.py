@@ -1,0 +1,360 @@
+"""The training loop: exact resume, atomic checkpoints, validation, matched-error stopping.
+
+Determinism by construction: every random draw at step ``s`` (data order, augmentation, dropout)
+comes from a seed derived from ``(seed, s)``, so a run resumed from a checkpoint at step ``s``
+repeats exactly what an uninterrupted run would have done -- no generator state to get wrong.
+
+Run directory (``--out``)::
+
+    run.json        config, dataset name and checksum, seed, commit, versions
+    metrics.jsonl   one line per evaluation: step, epoch, train loss/error, validation errors, img/s
+    last.pt         latest state (written every ``checkpoint_every`` steps, at the end and on Ctrl-C)
+    best.pt         lowest validation (familiar) error so far
+    matched.pt      first checkpoint with validation familiar error <= --target-familiar-error
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from capsrobust.checkpoints import check_compatible, load_checkpoint, save_checkpoint
+from capsrobust.data.prepared import PreparedData, prepare_data
+from capsrobust.data.transforms import augment_batch, sample_augment_params
+from capsrobust.errors import CheckpointError, ConfigError
+from capsrobust.evaluation.accuracy import error_rate
+from capsrobust.losses import cross_entropy, spread_loss, spread_margin
+from capsrobust.models import MODEL_NAMES, build_model
+from capsrobust.provenance import provenance
+
+__all__ = ["TrainConfig", "TrainingInterrupted", "train", "model_from_checkpoint"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in ``run.json`` and every checkpoint)."""
+
+    model: str = "capsules-small"
+    split: str = "full"
+    data_dir: str | None = None
+    mode: str = "stereo"
+    steps: int | None = None  # total optimisation steps; default from epochs
+    epochs: float | None = None  # used when steps is None (default 10)
+    batch_size: int = 32
+    lr: float = 3e-3  # Adam, as the authors (REFERENCE.md §4)
+    lr_decay: float = 0.96  # multiplied every lr_decay_every steps
+    lr_decay_every: int = 0  # 0: total_steps // 20 (the paper's 20k-step period, scaled to the run)
+    weight_decay: float = 2e-7
+    seed: int = 0
+    eval_every: int = 0  # 0: once per epoch, at least 10 times per run
+    checkpoint_every: int = 0  # 0: at every evaluation
+    target_familiar_error: float | None = None
+    max_eval_examples: int = 0  # 0: whole validation sets
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise ConfigError(f"unknown model {self.model!r}; valid names: {', '.join(MODEL_NAMES)}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.target_familiar_error is not None and not 0 <= self.target_familiar_error <= 1:
+            raise ConfigError(f"--target-familiar-error must be a fraction in [0, 1], got {self.target_familiar_error}")
+
+
+class TrainingInterrupted(Exception):
+    """Raised after Ctrl-C once the state is saved; carries the checkpoint path and step."""
+
+    def __init__(self, path: Path, step: int) -> None:
+        super().__init__(f"interrupted at step {step}; state saved to {path}; continue with --resume")
+        self.path, self.step = path, step
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-step randomness, derived from (seed, step) so resume is exact.
+
+_MIX = 0x9E3779B97F4A7C15
+
+
+def _derived_seed(seed: int, *parts: int) -> int:
+    value = seed & 0xFFFFFFFFFFFFFFFF
+    for part in parts:
+        value = (value * 6364136223846793005 + (part ^ _MIX)) & 0xFFFFFFFFFFFFFFFF
+    return value >> 1
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_derived_seed(seed, 1, epoch)))
+
+
+def _batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of the examples used at ``step``: consecutive slices of a per-epoch permutation."""
+    steps_per_epoch = max(1, n // batch_size)  # drop the ragged tail of each epoch
+    epoch, position = divmod(step, steps_per_epoch)
+    order = _epoch_order(n, seed, epoch)
+    return order[position * batch_size : (position + 1) * batch_size]
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """Exponential decay: ``lr · decay^(step / every)`` (continuous, like tf.train.exponential_decay)."""
+    every = config.lr_decay_every or max(1, total_steps // 20)
+    return config.lr * config.lr_decay ** (step / every)
+
+
+def total_steps(config: TrainConfig, n_train: int) -> int:
+    if config.steps is not None:
+        return config.steps
+    epochs = config.epochs if config.epochs is not None else 10.0
+    return max(1, math.ceil(epochs * max(1, n_train // config.batch_size)))
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights."""
+    try:
+        model = build_model(checkpoint["model"], in_channels=checkpoint["in_channels"], **checkpoint["model_config"])
+        model.load_state_dict(checkpoint["model_state"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint does not match its model description ({str(exc).splitlines()[0][:100]})") from None
+    return model
+
+
+def _loss_fn(model: nn.Module, step: int, steps: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if getattr(model, "score_kind", "logits") == "activation":
+        margin = spread_margin(step, steps)
+        return lambda scores, targets: spread_loss(scores, targets, margin)
+    return cross_entropy
+
+
+def _evaluate(model: nn.Module, data: PreparedData, config: TrainConfig) -> dict[str, float]:
+    results = {}
+    for name in ("validation", "validation_novel"):
+        images, labels = data.subset(name)
+        if len(labels) == 0:
+            continue
+        if config.max_eval_examples and len(labels) > config.max_eval_examples:
+            keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed))
+            keep = keep[: config.max_eval_examples]
+            images, labels = images[keep], labels[keep]
+        results[f"{name}_error"] = error_rate(model, images, labels)
+    return results
+
+
+#: Test hook: ``CAPSROBUST_PAUSE_AFTER_STEP=N`` makes the loop idle after step N's checkpoint, so the
+#: kill/resume tests can SIGKILL or SIGINT a real training process at a known point.
+_PAUSE_AFTER_STEP = int(os.environ.get("CAPSROBUST_PAUSE_AFTER_STEP", "-1"))
+
+
+def _pause_until_interrupted(sigint: "_SigintFlag") -> None:
+    print(f"paused after step {_PAUSE_AFTER_STEP}", flush=True)
+    while not sigint.raised:
+        time.sleep(0.05)
+
+
+class _SigintFlag:
+    """Turns the first Ctrl-C into a flag the loop checks after each step; restores the old handler."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_SigintFlag":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C handling stays as it was
+            self._previous = None
+        return self
+
+    def _handle(self, *_: Any) -> None:
+        self.raised = True
+
+    def __exit__(self, *_: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _checkpoint_payload(
+    model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, data: PreparedData,
+    step: int, steps: int, best: dict[str, Any], model_config: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "model": config.model,
+        "model_config": model_config,
+        "in_channels": data.in_channels,
+        "dataset": data.dataset,
+        "dataset_checksum": data.checksum,
+        "mode": data.mode,
+        "split": data.split,
+        "config": dataclasses.asdict(config),
+        "step": step,
+        "total_steps": steps,
+        "model_state": model.state_dict(),
+        "optimizer_state": optimizer.state_dict(),
+        "scheduler": {"kind": "exponential", "lr": optimizer.param_groups[0]["lr"]},
+        "rng_state": torch.get_rng_state(),
+        "best": best,
+    }
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after ``step`` (by a run killed after its last checkpoint)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    data: PreparedData | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train ``config.model`` into ``out_dir``; returns the final metrics record.
+
+    With ``resume=True`` continues from ``out_dir/last.pt`` exactly where it stopped; a checkpoint
+    of another model, configuration or dataset is refused. Without it, an existing checkpoint in
+    ``out_dir`` is an error (nothing is overwritten).
+    """
+    config.validate()
+    out = Path(out_dir)
+    last_path = out / "last.pt"
+    checkpoint = None
+    if resume:
+        if not last_path.exists():
+            raise CheckpointError(f"{last_path}: nothing to resume; run without --resume to start training")
+        checkpoint = load_checkpoint(last_path)
+    elif last_path.exists():
+        raise CheckpointError(f"{out} already holds a run ({last_path.name}); pass --resume to continue it or choose another --out")
+
+    data = data if data is not None else prepare_data(config.data_dir, config.split, config.mode)
+    model_config = dict(config.model_overrides)
+    if checkpoint is not None:
+        check_compatible(last_path, checkpoint, {
+            "model": config.model, "model_config": model_config, "dataset": data.dataset,
+            "dataset_checksum": data.checksum, "mode": data.mode, "split": data.split,
+        })
+        saved = checkpoint["config"]
+        for key in ("batch_size", "seed", "lr", "lr_decay", "lr_decay_every", "weight_decay"):
+            if saved[key] != getattr(config, key):
+                raise CheckpointError(f"{last_path}: checkpoint was trained with {key}={saved[key]!r}, not "
+                                      f"{getattr(config, key)!r}; resume with the same settings")
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, in_channels=data.in_channels, **model_config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    train_images, train_labels = data.subset("train")
+    steps = total_steps(config, len(train_labels))
+    start, best = 0, {"validation_error": None, "step": None, "matched_step": None}
+    if checkpoint is not None:
+        steps = checkpoint["total_steps"]
+        model.load_state_dict(checkpoint["model_state"])
+        optimizer.load_state_dict(checkpoint["optimizer_state"])
+        torch.set_rng_state(checkpoint["rng_state"])
+        start, best = checkpoint["step"], checkpoint["best"]
+        _truncate_metrics(out / "metrics.jsonl", start)
+        log(f"resuming {config.model} at step {start}/{steps} from {last_path}")
+
+    steps_per_epoch = max(1, len(train_labels) // config.batch_size)
+    eval_every = config.eval_every or max(1, min(steps_per_epoch, steps // 10))
+    checkpoint_every = config.checkpoint_every or eval_every
+    out.mkdir(parents=True, exist_ok=True)
+    if checkpoint is None:
+        run_info = provenance(
+            config=dataclasses.asdict(config), dataset=data.dataset, mode=data.mode, dataset_checksum=data.checksum,
+            total_steps=steps, n_train=len(train_labels),
+            parameters=sum(p.numel() for p in model.parameters()),
+        )
+        (out / "run.json").write_text(json.dumps(run_info, indent=2))
+
+    def save(path: Path, step: int) -> None:
+        save_checkpoint(path, _checkpoint_payload(model, optimizer, config, data, step, steps, best, model_config))
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True,
+               desc=f"{config.model} {data.describe()}")
+    window_loss, window_wrong, window_seen, window_time = 0.0, 0, 0, 0.0
+    record: dict[str, Any] = {}
+    model.train()
+    with _SigintFlag() as sigint:
+        for step in range(start, steps):
+            t0 = time.perf_counter()
+            idx = _batch_indices(len(train_labels), config.batch_size, config.seed, step)
+            generator = torch.Generator().manual_seed(_derived_seed(config.seed, 2, step))
+            images = augment_batch(train_images[idx], sample_augment_params(len(idx), generator=generator))
+            labels = train_labels[idx]
+            torch.manual_seed(_derived_seed(config.seed, 3, step))  # dropout
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step, steps)
+            scores = model(images)
+            loss = _loss_fn(model, step, steps)(scores, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+            window_time += time.perf_counter() - t0
+            window_loss += float(loss.detach()) * len(labels)
+            window_wrong += int((scores.argmax(1) != labels).sum())
+            window_seen += len(labels)
+            done = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{window_loss / window_seen:.4f}", err=f"{window_wrong / window_seen:.3f}",
+                            ips=f"{window_seen / max(window_time, 1e-9):.0f}", refresh=False)
+
+            if done % eval_every == 0 or done == steps:
+                record = {"step": done, "epoch": done / steps_per_epoch,
+                          "train_loss": window_loss / window_seen, "train_error": window_wrong / window_seen,
+                          "images_per_s": window_seen / max(window_time, 1e-9), "lr": optimizer.param_groups[0]["lr"]}
+                record.update(_evaluate(model, data, config))
+                model.train()
+                val = record.get("validation_error")
+                if val is not None and (best["validation_error"] is None or val < best["validation_error"]):
+                    best.update(validation_error=val, step=done)
+                    save(out / "best.pt", done)
+                target = config.target_familiar_error
+                if target is not None and val is not None and val <= target and best["matched_step"] is None:
+                    best["matched_step"] = done
+                    save(out / "matched.pt", done)
+                _append_jsonl(out / "metrics.jsonl", record)
+                bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+                window_loss, window_wrong, window_seen, window_time = 0.0, 0, 0, 0.0
+            if done % checkpoint_every == 0 or done == steps:
+                save(last_path, done)
+            if done == _PAUSE_AFTER_STEP:
+                _pause_until_interrupted(sigint)
+            if sigint.raised:
+                save(last_path, done)
+                bar.close()
+                raise TrainingInterrupted(last_path, done)
+    bar.close()
+    return {**record, "best": best, "total_steps": steps, "out": str(out)}

@@ -1,0 +1,51 @@
+"""`capsrobust bench models` runs end to end (tiny batches) and prints tables or JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from capsrobust.reporting import to_markdown
+from capsrobust_cli.main import cli
+
+TINY = ["--steps", "1", "--train-batch", "2", "--infer-batch", "2", "--routing-batch", "1", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def quick_json() -> dict:
+    result = CliRunner().invoke(cli, ["bench", "models", "--quick", "--json", *TINY])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_bench_models_reports_every_model_and_the_straightforward_baseline(quick_json):
+    rows = {(r["model"], r["routing"]): r for r in quick_json["models"]}
+    assert set(rows) == {("capsules", "fast"), ("capsules", "straightforward"), ("capsules-small", "fast"),
+                         ("cnn", "-")}
+    for row in rows.values():
+        assert row["train_img_s"] > 0 and row["infer_img_s"] > 0 and row["peak_rss_mb"] > 0
+    assert rows[("capsules", "straightforward")]["train_speedup"] == pytest.approx(1.0)
+    assert rows[("capsules", "fast")]["train_speedup"] > 0
+
+
+def test_bench_models_compares_routing_fast_vs_straightforward(quick_json):
+    routing = {r["routing"]: r for r in quick_json["routing"]}
+    assert set(routing) == {"fast", "straightforward"}
+    assert routing["straightforward"]["forward_backward_speedup"] == pytest.approx(1.0)
+
+
+def test_bench_help_explains_what_is_measured():
+    result = CliRunner().invoke(cli, ["bench", "--help"])
+    assert result.exit_code == 0
+    assert "images/s" in result.output and "peak RSS" in result.output
+
+
+def test_markdown_formatter_aligns_a_table():
+    import pandas as pd
+
+    text = to_markdown(pd.DataFrame({"model": ["cnn", "capsules"], "img_s": [312.5, float("nan")]}))
+    lines = text.splitlines()
+    assert lines[0].startswith("| model") and set(lines[1]) <= {"|", "-", ":"}
+    assert len({len(line) for line in lines}) == 1  # every line equally wide

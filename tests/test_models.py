@@ -1,0 +1,89 @@
+"""Model contract: shapes, score kinds, parameter counts, builders and standardisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from capsrobust.errors import ConfigError
+from capsrobust.models import MODEL_NAMES, MatrixCapsNet, build_model
+from capsrobust.models.capsnet import receptive_field_centres
+from capsrobust.models.layers import patch_child_index
+from capsrobust.models.routing_naive import naive_em_routing
+
+# Paper §5 / REFERENCE.md §3, with the 2-channel stereo input.
+PAPER_PARAMETERS = {"capsules": 310_000, "capsules-small": 68_000, "cnn": 4_200_000}
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_parameter_count_is_within_3_percent_of_the_paper(name):
+    assert _count(build_model(name, in_channels=2)) == pytest.approx(PAPER_PARAMETERS[name], rel=0.03)
+
+
+@pytest.mark.parametrize("in_channels", [1, 2])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_models_map_images_to_five_class_scores(name, in_channels):
+    model = build_model(name, in_channels=in_channels).eval()
+    scores = model(torch.rand(3, in_channels, 32, 32))
+    assert scores.shape == (3, 5)
+    assert torch.isfinite(scores).all()
+
+
+def test_score_kinds_tell_activations_from_logits():
+    assert build_model("capsules").score_kind == "activation"
+    assert build_model("capsules-small").score_kind == "activation"
+    assert build_model("cnn").score_kind == "logits"
+
+
+def test_capsule_scores_are_activations_in_the_open_unit_interval():
+    scores = build_model("capsules-small")(torch.rand(4, 2, 32, 32))
+    assert ((scores > 0) & (scores < 1)).all()
+
+
+def test_capsule_net_exposes_class_poses():
+    acts, poses = build_model("capsules-small").forward_with_poses(torch.rand(2, 2, 32, 32))
+    assert acts.shape == (2, 5) and poses.shape == (2, 5, 16)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_per_image_standardisation_comes_first(name):
+    # A per-image affine change of brightness and contrast is undone by the first step.
+    model = build_model(name).eval()
+    images = torch.rand(2, 2, 32, 32)
+    torch.testing.assert_close(model(images), model(0.5 * images + 0.25), atol=1e-4, rtol=1e-3)
+
+
+def test_unknown_model_name_is_a_config_error_listing_valid_names():
+    with pytest.raises(ConfigError) as info:
+        build_model("resnet")
+    message = str(info.value)
+    assert "\n" not in message and all(name in message for name in MODEL_NAMES)
+
+
+def test_builders_accept_overrides():
+    model = build_model("capsules", A=8, B=8, C=8, D=8, iterations=1)
+    assert isinstance(model, MatrixCapsNet) and model.conv_caps1.iterations == 1
+
+
+def test_models_can_be_built_with_the_naive_routing():
+    model = build_model("capsules-small", routing=naive_em_routing)
+    assert model(torch.rand(2, 2, 32, 32)).shape == (2, 5)
+
+
+def test_patch_child_index_covers_each_patch():
+    index = patch_child_index(14, 14, 2, 3, 2)
+    assert index.shape == (36, 18)
+    # patch (0, 1) starts at column 2; its first slot is child (row 0, col 2, type 0)
+    assert index[1, 0].item() == (0 * 14 + 2) * 2
+    assert index.max().item() < 14 * 14 * 2
+
+
+def test_coordinate_addition_uses_receptive_field_centres():
+    centres = receptive_field_centres([(5, 2), (1, 1), (3, 2), (3, 1)], grid=4)
+    # ConvCaps2 position p sits on input pixel 4p + 8 (the net is 32 -> 14 -> 14 -> 6 -> 4)
+    assert centres[0, 0].tolist() == pytest.approx([8.5 / 32, 8.5 / 32])
+    assert centres[3, 1].tolist() == pytest.approx([20.5 / 32, 12.5 / 32])

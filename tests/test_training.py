@@ -1,0 +1,187 @@
+"""Training: exact resume after SIGKILL, clean SIGINT, bad checkpoints, evaluation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from capsrobust.checkpoints import load_checkpoint, save_checkpoint
+from capsrobust.errors import CheckpointError
+from capsrobust_cli.main import cli
+from tests.conftest import write_dataset
+from tests.test_cli_data import assert_one_line_error
+
+STEPS = ["--steps", "6", "--batch-size", "8", "--eval-every", "3", "--checkpoint-every", "3", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("train") / "data", size=16)
+
+
+def train_cmd(data_dir: Path, out: Path, *extra: str, model: str = "cnn") -> list[str]:
+    return [sys.executable, "-m", "capsrobust_cli", "train", "--model", model, "--data-dir", str(data_dir),
+            "--out", str(out), *STEPS, *extra]
+
+
+def run_env(cache: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "CAPSROBUST_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", **extra}
+    env.pop("CAPSROBUST_PAUSE_AFTER_STEP", None)
+    env.update(extra)
+    return env
+
+
+def wait_for(proc: subprocess.Popen, text: str, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if text in line:
+            return
+        if not line and proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before printing {text!r}")
+    raise AssertionError(f"timed out waiting for {text!r}")
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model_state"]
+
+
+@pytest.mark.parametrize("model", ["cnn", "capsules-small"])
+def test_sigkill_then_resume_gives_the_same_weights_as_an_uninterrupted_run(
+    data_dir: Path, tmp_path: Path, isolated_cache: Path, model: str
+) -> None:
+    extra = ["--iterations", "2"] if model != "cnn" else []
+    straight = tmp_path / "straight"
+    subprocess.run(train_cmd(data_dir, straight, *extra, model=model), env=run_env(isolated_cache), check=True,
+                   capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(data_dir, killed, *extra, model=model), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=run_env(isolated_cache, CAPSROBUST_PAUSE_AFTER_STEP="3"))
+    try:
+        wait_for(proc, "paused after step 3")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert load_checkpoint(killed / "last.pt")["step"] == 3
+
+    subprocess.run(train_cmd(data_dir, killed, *extra, "--resume", model=model), env=run_env(isolated_cache),
+                   check=True, capture_output=True)
+    a, b = weights(straight / "last.pt"), weights(killed / "last.pt")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs after resume"
+    assert load_checkpoint(killed / "last.pt")["step"] == 6
+    # The metrics log holds each evaluation once, in order, despite the kill.
+    steps = [line.split('"step": ')[1].split(",")[0] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == ["3", "6"]
+
+
+def test_sigint_saves_and_exits_cleanly(data_dir: Path, tmp_path: Path, isolated_cache: Path) -> None:
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(train_cmd(data_dir, out), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=run_env(isolated_cache, CAPSROBUST_PAUSE_AFTER_STEP="3"))
+    try:
+        wait_for(proc, "paused after step 3")
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "state saved to" in output and "--resume" in output and "Traceback" not in output
+    assert load_checkpoint(out / "last.pt")["step"] == 3
+
+
+def test_run_directory_holds_provenance_metrics_and_best(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out),
+                                      *STEPS, "--target-familiar-error", "1.0"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["dataset"] == "smallNORB" and run["config"]["seed"] == 0 and len(run["dataset_checksum"]) == 64
+    assert "commit" in run and "torch" in run["versions"]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (out / "best.pt").exists()
+    assert load_checkpoint(out / "matched.pt")["step"] == 3  # first evaluation meets a target of 100 %
+
+
+def test_existing_run_is_not_overwritten_without_resume(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out), *STEPS]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    before = (out / "last.pt").read_bytes()
+    assert_one_line_error(CliRunner().invoke(cli, args), "already holds a run", "--resume")
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_resume_with_another_model_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out),
+                                    *STEPS]).exit_code == 0
+    result = CliRunner().invoke(cli, ["train", "--model", "capsules-small", "--data-dir", str(data_dir), "--out",
+                                      str(out), *STEPS, "--resume"])
+    assert_one_line_error(result, "checkpoint is for model 'cnn'")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad checkpoints: one line, exit 2.
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    assert_one_line_error(CliRunner().invoke(cli, ["evaluate", str(tmp_path / "none.pt")]), "checkpoint not found")
+
+
+def test_truncated_checkpoint(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "c.pt", {"model": "cnn", "model_state": {"w": torch.zeros(1000)}})
+    path.write_bytes(path.read_bytes()[:500])
+    assert_one_line_error(CliRunner().invoke(cli, ["evaluate", str(path)]), "not a loadable checkpoint")
+
+
+def test_foreign_file_is_not_a_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    assert_one_line_error(CliRunner().invoke(cli, ["evaluate", str(path)]), "not a capsrobust checkpoint")
+    (tmp_path / "text.pt").write_text("hello")
+    assert_one_line_error(CliRunner().invoke(cli, ["evaluate", str(tmp_path / "text.pt")]), "not a loadable checkpoint")
+
+
+class _Payload:
+    """Arbitrary objects must never be unpickled."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_checkpoint_with_arbitrary_objects_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "capsrobust-checkpoint", "version": 1, "x": _Payload()}, path)
+    with pytest.raises(CheckpointError, match="not a loadable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_evaluate_reports_test_error_and_refuses_other_data(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out),
+                                    *STEPS]).exit_code == 0
+    result = CliRunner().invoke(cli, ["evaluate", str(out / "last.pt"), "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    assert "smallNORB (stereo)" in result.output and "| test " in result.output
+    multi = CliRunner().invoke(cli, ["evaluate", str(out / "last.pt"), "--data-dir", str(data_dir),
+                                     "--split", "azimuth", "--multi-crop"])
+    assert multi.exit_code == 0 and "test_novel" in multi.output and "13" in multi.output
+
+    other = write_dataset(tmp_path / "other", size=16, lightings=(1, 2))
+    assert_one_line_error(CliRunner().invoke(cli, ["evaluate", str(out / "last.pt"), "--data-dir", str(other)]),
+                          "evaluate on the data it was trained on")
