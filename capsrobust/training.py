@@ -30,7 +30,8 @@ from torch import nn
 
 from capsrobust.checkpoints import check_compatible, load_checkpoint, save_checkpoint
 from capsrobust.data.prepared import PreparedData, prepare_data
-from capsrobust.data.transforms import augment_batch, sample_augment_params
+from capsrobust.data.transforms import AugmentParams, augment_batch, sample_augment_params
+from capsrobust.distributed import setup_distributed
 from capsrobust.errors import CheckpointError, ConfigError
 from capsrobust.evaluation.accuracy import error_rate
 from capsrobust.losses import cross_entropy, spread_loss, spread_margin
@@ -269,8 +270,11 @@ def train(
                 raise CheckpointError(f"{last_path}: checkpoint was trained with {key}={saved[key]!r}, not "
                                       f"{getattr(config, key)!r}; resume with the same settings")
 
+    dist = setup_distributed()
+    if config.batch_size % dist.world_size:
+        raise ConfigError(f"--batch-size {config.batch_size} must be divisible by the {dist.world_size} processes")
     torch.manual_seed(config.seed)
-    model = build_model(config.model, in_channels=data.in_channels, **model_config)
+    model = build_model(config.model, in_channels=data.in_channels, **model_config).to(dist.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     train_images, train_labels = data.subset("train")
     steps = total_steps(config, len(train_labels))
@@ -281,14 +285,15 @@ def train(
         optimizer.load_state_dict(checkpoint["optimizer_state"])
         torch.set_rng_state(checkpoint["rng_state"])
         start, best = checkpoint["step"], checkpoint["best"]
-        _truncate_metrics(out / "metrics.jsonl", start)
+        if dist.is_main:
+            _truncate_metrics(out / "metrics.jsonl", start)
         log(f"resuming {config.model} at step {start}/{steps} from {last_path}")
 
     steps_per_epoch = max(1, len(train_labels) // config.batch_size)
     eval_every = config.eval_every or max(1, min(steps_per_epoch, steps // 10))
     checkpoint_every = config.checkpoint_every or eval_every
     out.mkdir(parents=True, exist_ok=True)
-    if checkpoint is None:
+    if checkpoint is None and dist.is_main:
         run_info = provenance(
             config=dataclasses.asdict(config), dataset=data.dataset, mode=data.mode, dataset_checksum=data.checksum,
             total_steps=steps, n_train=len(train_labels),
@@ -297,11 +302,19 @@ def train(
         (out / "run.json").write_text(json.dumps(run_info, indent=2))
 
     def save(path: Path, step: int) -> None:
+        if not dist.is_main:  # one writer: rank 0
+            return
         save_checkpoint(path, _checkpoint_payload(model, optimizer, config, data, step, steps, best, model_config))
 
     from tqdm import tqdm
 
-    bar = tqdm(total=steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True,
+    # Data parallel: gradients are averaged across processes; `model` stays the plain module for
+    # evaluation and state_dict, so checkpoints are the same whatever the process count.
+    parallel_model = model
+    if dist.world_size > 1:
+        parallel_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    bar = tqdm(total=steps, initial=start, disable=not (progress and dist.is_main), unit="step", dynamic_ncols=True,
                desc=f"{config.model} {data.describe()}")
     window_loss, window_wrong, window_seen, window_time = 0.0, 0, 0, 0.0
     record: dict[str, Any] = {}
@@ -311,12 +324,15 @@ def train(
             t0 = time.perf_counter()
             idx = _batch_indices(len(train_labels), config.batch_size, config.seed, step)
             generator = torch.Generator().manual_seed(_derived_seed(config.seed, 2, step))
-            images = augment_batch(train_images[idx], sample_augment_params(len(idx), generator=generator))
-            labels = train_labels[idx]
-            torch.manual_seed(_derived_seed(config.seed, 3, step))  # dropout
+            params = sample_augment_params(len(idx), generator=generator)  # drawn for the global batch
+            idx, params = dist.shard(idx), AugmentParams(
+                *(dist.shard(getattr(params, f.name)) for f in dataclasses.fields(params)))
+            images = augment_batch(train_images[idx], params).to(dist.device, non_blocking=True)
+            labels = train_labels[idx].to(dist.device, non_blocking=True)
+            torch.manual_seed(_derived_seed(config.seed, 3, step, *((dist.rank,) if dist.rank else ())))  # dropout
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step, steps)
-            scores = model(images)
+            scores = parallel_model(images)
             loss = _loss_fn(model, step, steps)(scores, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -331,10 +347,10 @@ def train(
             bar.set_postfix(loss=f"{window_loss / window_seen:.4f}", err=f"{window_wrong / window_seen:.3f}",
                             ips=f"{window_seen / max(window_time, 1e-9):.0f}", refresh=False)
 
-            if done % eval_every == 0 or done == steps:
+            if dist.is_main and (done % eval_every == 0 or done == steps):
                 record = {"step": done, "epoch": done / steps_per_epoch,
                           "train_loss": window_loss / window_seen, "train_error": window_wrong / window_seen,
-                          "images_per_s": window_seen / max(window_time, 1e-9), "lr": optimizer.param_groups[0]["lr"]}
+                          "images_per_s": dist.world_size * window_seen / max(window_time, 1e-9), "lr": optimizer.param_groups[0]["lr"]}
                 record.update(_evaluate(model, data, config))
                 model.train()
                 val = record.get("validation_error")
@@ -350,11 +366,11 @@ def train(
                 window_loss, window_wrong, window_seen, window_time = 0.0, 0, 0, 0.0
             if done % checkpoint_every == 0 or done == steps:
                 save(last_path, done)
-            if done == _PAUSE_AFTER_STEP:
+            if done == _PAUSE_AFTER_STEP and dist.is_main:
                 _pause_until_interrupted(sigint)
             if sigint.raised:
                 save(last_path, done)
                 bar.close()
                 raise TrainingInterrupted(last_path, done)
     bar.close()
-    return {**record, "best": best, "total_steps": steps, "out": str(out)}
+    return {**record, "best": best, "total_steps": steps, "out": str(out), "is_main": dist.is_main}

@@ -39,6 +39,10 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
           iterations: int | None, no_progress: bool) -> None:
     """Train a model; checkpoints, metrics and provenance go to the run directory.
 
+    Data-parallel: the same command under torchrun (gloo on CPUs, nccl on GPUs), e.g.
+    `torchrun --nproc_per_node 2 -m capsrobust_cli train …`; --batch-size is the global batch.
+    A GPU is used when one is present.
+
     Writes run.json (config, dataset, checksum, commit, versions), metrics.jsonl (per
     evaluation), last.pt (atomic, every --checkpoint-every steps), best.pt (best validation)
     and, with --target-familiar-error, matched.pt (the paper's matching protocol). Ctrl-C saves
@@ -66,6 +70,8 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
     except TrainingInterrupted as exc:
         click.echo(str(exc), err=True)
         sys.exit(130)
+    if not result["is_main"]:
+        return  # under torchrun, rank 0 reports
     best = result["best"]
     click.echo(f"done: {result['total_steps']} steps in {out}; best validation error "
                f"{best['validation_error']} at step {best['step']}" +

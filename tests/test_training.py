@@ -185,3 +185,30 @@ def test_evaluate_reports_test_error_and_refuses_other_data(data_dir: Path, tmp_
     other = write_dataset(tmp_path / "other", size=16, lightings=(1, 2))
     assert_one_line_error(CliRunner().invoke(cli, ["evaluate", str(out / "last.pt"), "--data-dir", str(other)]),
                           "evaluate on the data it was trained on")
+
+
+def test_data_parallel_run_under_torchrun_resumes_exactly(data_dir: Path, tmp_path: Path, isolated_cache: Path) -> None:
+    """2 gloo processes: rank 0 alone writes; SIGKILL of the whole job + --resume equals a straight run."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+    def cmd(out: Path, *extra: str) -> list[str]:
+        return launcher + train_cmd(data_dir, out, *extra)[1:]  # drop sys.executable: torchrun runs -m
+
+    straight = tmp_path / "ddp_straight"
+    subprocess.run(cmd(straight), env=run_env(isolated_cache), check=True, capture_output=True, timeout=300)
+    assert len((straight / "metrics.jsonl").read_text().splitlines()) == 2  # one writer, no duplicates
+
+    killed = tmp_path / "ddp_killed"
+    proc = subprocess.Popen(cmd(killed), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=run_env(isolated_cache, CAPSROBUST_PAUSE_AFTER_STEP="3"), start_new_session=True)
+    try:
+        wait_for(proc, "paused after step 3")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    subprocess.run(cmd(killed, "--resume"), env=run_env(isolated_cache), check=True, capture_output=True, timeout=300)
+    a, b = weights(straight / "last.pt"), weights(killed / "last.pt")
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs after a data-parallel resume"

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from capsrobust.models.routing import em_routing
+from capsrobust.models.routing import IMAGES_PER_CHUNK, em_routing
 
 RoutingFn = Callable[..., tuple[Tensor, Tensor]]
 
@@ -97,6 +97,15 @@ class ConvCaps(nn.Module):
         return self.child_index
 
     def forward(self, poses: Tensor, activations: Tensor) -> tuple[Tensor, Tensor]:
+        # Images are independent: vote and route a few at a time, so the vote-sized temporaries
+        # (tens of MB per image) stay bounded at any batch size and warm in cache.
+        if poses.shape[0] > IMAGES_PER_CHUNK:
+            outs = [self._forward_chunk(p, a) for p, a in
+                    zip(poses.split(IMAGES_PER_CHUNK), activations.split(IMAGES_PER_CHUNK))]
+            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        return self._forward_chunk(poses, activations)
+
+    def _forward_chunk(self, poses: Tensor, activations: Tensor) -> tuple[Tensor, Tensor]:
         n, h, w, _, _ = poses.shape
         index = self._index_for(h, w, poses.device)
         out_h = (h - self.kernel_size) // self.stride + 1
