@@ -16,9 +16,13 @@ elevations, and tabulates error rates side by side.
 
 \b
 Examples:
-  capsrobust data info --dir ~/smallnorb          # counts, checksums, mode
-  capsrobust data verify --dir ~/smallnorb        # SHA-256 against the official files
+  capsrobust data info                            # synthnorb (rendered on first use): counts, checksums
+  capsrobust data info --dir ~/smallnorb          # the official files, wherever you keep them
   capsrobust data download --dir ~/smallnorb      # fetch the six official .mat.gz files
+  capsrobust data show --out sheet.png            # look at the data
+  capsrobust train --model capsules-small --out runs/caps    # checkpoints, metrics, run.json
+  capsrobust evaluate runs/caps/best.pt           # test error
+  capsrobust bench models                         # images/s and memory per model
 
 Every table the tool writes names the dataset (smallNORB or synthnorb) and the input
 mode (stereo or mono) that produced it.  Run `capsrobust COMMAND --help` for more.
@@ -35,9 +39,13 @@ def _register() -> None:
     # Imported here so `capsrobust --help` stays quick and import cycles are impossible.
     from capsrobust_cli.bench import bench
     from capsrobust_cli.data import data
+    from capsrobust_cli.data_synth import bench_data, difficulty, render, show
     from capsrobust_cli.evaluate import evaluate
     from capsrobust_cli.train import train
 
+    for command in (render, show, difficulty):
+        data.add_command(command)
+    bench.add_command(bench_data)
     for command in (data, train, evaluate, bench):
         cli.add_command(command)
 

@@ -51,6 +51,20 @@ def wait_for(proc: subprocess.Popen, text: str, timeout: float = 240.0) -> None:
     raise AssertionError(f"timed out waiting for {text!r}")
 
 
+def kill_tagged(tag: str) -> None:
+    """SIGKILL every process whose environment carries CAPSROBUST_TEST_TAG=tag (torchrun's workers
+    run in their own process groups, so killing the launcher's group does not reach them)."""
+    marker = f"CAPSROBUST_TEST_TAG={tag}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model_state"]
 
@@ -199,15 +213,19 @@ def test_data_parallel_run_under_torchrun_resumes_exactly(data_dir: Path, tmp_pa
     assert len((straight / "metrics.jsonl").read_text().splitlines()) == 2  # one writer, no duplicates
 
     killed = tmp_path / "ddp_killed"
+    tag = f"ddp-{os.getpid()}-{time.monotonic_ns()}"
     proc = subprocess.Popen(cmd(killed), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=run_env(isolated_cache, CAPSROBUST_PAUSE_AFTER_STEP="3"), start_new_session=True)
+                            env=run_env(isolated_cache, CAPSROBUST_PAUSE_AFTER_STEP="3", CAPSROBUST_TEST_TAG=tag),
+                            start_new_session=True)
     try:
         wait_for(proc, "paused after step 3")
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher ...
+        kill_tagged(tag)  # ... and its workers: the whole job dies at once
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+        kill_tagged(tag)
     subprocess.run(cmd(killed, "--resume"), env=run_env(isolated_cache), check=True, capture_output=True, timeout=300)
     a, b = weights(straight / "last.pt"), weights(killed / "last.pt")
     for name in a:
