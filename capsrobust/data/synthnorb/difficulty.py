@@ -72,7 +72,7 @@ def knn_difficulty(data_dir: str | os.PathLike[str] | None = None) -> pd.DataFra
     test_y = torch.tensor(test.meta["label"].to_numpy())
 
     def familiar(meta: pd.DataFrame, column: str, values: frozenset[int]) -> torch.Tensor:
-        return torch.as_tensor(meta[column].isin(sorted(values)).to_numpy())
+        return torch.from_numpy(meta[column].isin(sorted(values)).to_numpy(copy=True))
 
     protocols = {
         "full": (None, "all views", "all views"),
