@@ -1,8 +1,13 @@
-"""Turn result tables (pandas DataFrames) into text for terminals and files."""
+"""Turn result tables (pandas DataFrames) into text for terminals and files, written atomically."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -31,3 +36,85 @@ def to_markdown(table: pd.DataFrame, float_digits: int = 2) -> str:
 
     rule = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
     return "\n".join([line(columns), rule] + [line(r) for r in rows])
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: every result file is written atomically (temp file in the same directory + os.replace),
+# so a crash or Ctrl-C leaves the previous version or the new one, never half a table.
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (parent directories created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8, trailing newline ensured) to ``path`` atomically."""
+    return atomic_write_bytes(path, (text if text.endswith("\n") else text + "\n").encode("utf-8"))
+
+
+def write_csv(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """``table`` as CSV (no index; full float precision) written atomically."""
+    return atomic_write_text(path, table.to_csv(index=False))
+
+
+def write_json(path: str | os.PathLike[str], record: Any) -> Path:
+    """``record`` as indented JSON (NaN becomes null) written atomically."""
+    return atomic_write_text(path, json.dumps(_json_safe(record), indent=2))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def markdown_report(title: str, sections: list[tuple[str, str]], intro: str = "") -> str:
+    """A markdown document: ``# title``, an optional intro paragraph, then ``## heading`` + body per section."""
+    parts = [f"# {title}"] + ([intro.strip()] if intro.strip() else [])
+    parts += [f"## {heading}\n\n{body.strip()}" for heading, body in sections]
+    return "\n\n".join(parts) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# Adversarial sweeps (capsrobust.evaluation.robustness): terminal and file views.
+
+
+def sweep_pivot(table: pd.DataFrame, value: str = "adversarial_error") -> pd.DataFrame:
+    """Side-by-side view of a robustness sweep: one row per (attack, mode, eps), one ``value`` column per model.
+
+    Rows keep the sweep's attack order (``worst-case`` last), untargeted before targeted; ``eps_std``
+    (ε in per-image-standardised units) sits next to ``eps``.
+    """
+    models = list(dict.fromkeys(table.model))
+    attacks = list(dict.fromkeys(table.attack))
+    modes = [m for m in ("untargeted", "targeted") if m in set(table["mode"])]
+    wide = table.pivot_table(index=["attack", "mode", "eps"], columns="model", values=value, sort=False)
+    eps_std = table.groupby(["attack", "mode", "eps"], sort=False)["eps_std"].first()
+    wide = wide.reindex(columns=models)
+    wide.insert(0, "eps_std", eps_std)
+    wide = wide.reset_index()
+    wide["attack"] = pd.Categorical(wide["attack"], attacks, ordered=True)
+    wide["mode"] = pd.Categorical(wide["mode"], modes, ordered=True)
+    wide = wide.sort_values(["mode", "attack", "eps"], kind="stable").reset_index(drop=True)
+    wide["attack"], wide["mode"] = wide["attack"].astype(str), wide["mode"].astype(str)
+    wide.columns.name = None
+    return wide

@@ -1,0 +1,208 @@
+"""What an adversarial evaluation attacks: trained checkpoints and a fixed subset of test images.
+
+Shared by ``capsrobust attack`` and ``capsrobust bench attacks``. The test images are the centre
+crops (N, C, 32, 32) in [0, 1] of a seeded random subset of the *familiar* test set of the split
+the checkpoints were trained on (the whole test set for ``full``); every checkpoint must have
+been trained on exactly this data (same dataset checksum), one model of each kind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from capsrobust.checkpoints import load_checkpoint
+from capsrobust.data.prepared import PreparedData, prepare_data
+from capsrobust.data.transforms import center_crop
+from capsrobust.errors import CheckpointError, ConfigError
+
+__all__ = ["DEFAULT_RUN_ROOTS", "AttackSetup", "LoadedCheckpoint", "file_sha256", "find_default_checkpoints",
+           "load_attack_setup", "parse_eps", "sample_test_images"]
+
+#: Where ``capsrobust train`` puts run directories by default, and where results/ keeps them.
+DEFAULT_RUN_ROOTS = ("runs", "results/train")
+#: A sweep longer than this is almost certainly a typo (0:0.3:0.0002).
+MAX_EPS_VALUES = 200
+
+
+@dataclass
+class LoadedCheckpoint:
+    """One checkpoint: where it is, what it is, and the model rebuilt from it."""
+
+    path: Path
+    name: str  # checkpoint["model"]: capsules, capsules-small or cnn
+    step: int
+    sha256: str
+    model: nn.Module
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready provenance of this checkpoint."""
+        return {"path": str(self.path), "model": self.name, "step": self.step, "sha256": self.sha256}
+
+
+@dataclass
+class AttackSetup:
+    """Models (name -> model, in the order given), the data they were trained on, and the test subset."""
+
+    checkpoints: list[LoadedCheckpoint]
+    data: PreparedData
+    images: Tensor  # (n, C, 32, 32) in [0, 1]
+    labels: Tensor  # (n,)
+    indices: Tensor  # (n,) positions in the familiar test subset
+    models: dict[str, nn.Module] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.models = {c.name: c.model for c in self.checkpoints}
+
+    @property
+    def dataset(self) -> str:
+        """E.g. ``synthnorb (stereo)``: what every table and plot names."""
+        return self.data.describe()
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_eps(text: str) -> tuple[float, ...]:
+    """``0.1`` | ``0,0.05,0.1`` | ``START:STOP:STEP`` (STOP included) -> sorted unique eps values in [0, 1].
+
+    Values are pixel units of images in [0, 1]. Raises :class:`ConfigError` naming the bad value.
+    """
+    fix = "pass a value such as 0.1, a list 0,0.05,0.1 or a sweep START:STOP:STEP such as 0:0.3:0.02"
+    text = text.strip()
+    if not text:
+        raise ConfigError(f"--eps is empty; {fix}")
+
+    def number(part: str) -> float:
+        try:
+            value = float(part)
+        except ValueError:
+            raise ConfigError(f"--eps: {part.strip()!r} is not a number; {fix}") from None
+        if not (0.0 <= value <= 1.0):  # also rejects nan
+            raise ConfigError(f"--eps: {part.strip()} is outside [0, 1] (pixel units of images in [0, 1]); "
+                              "use values between 0 and 1, e.g. 0.1 or 0:0.3:0.02")
+        return value
+
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ConfigError(f"--eps: {text!r} is not START:STOP:STEP; {fix}")
+        start, stop, step = (number(p) for p in parts)
+        if step <= 0 or stop < start:
+            raise ConfigError(f"--eps: sweep {text!r} needs STEP > 0 and STOP >= START; e.g. 0:0.3:0.02")
+        count = int(round((stop - start) / step, 9) // 1) + 1  # STOP included when it lies on the grid
+        if count > MAX_EPS_VALUES:
+            raise ConfigError(f"--eps: sweep {text!r} has {count} values (max {MAX_EPS_VALUES}); use a larger STEP")
+        values = [round(start + i * step, 10) for i in range(count)]
+    else:
+        values = [number(p) for p in text.split(",")]
+    return tuple(sorted(set(values)))
+
+
+def _capsule(name: str) -> bool:
+    return name.startswith("capsules")
+
+
+def find_default_checkpoints(roots: Iterable[str | os.PathLike[str]] = DEFAULT_RUN_ROOTS) -> list[Path]:
+    """The newest capsule-net and CNN checkpoints of the run directories under ``roots``.
+
+    A run directory is one holding ``last.pt``; from each its ``best.pt`` (else ``last.pt``) is
+    taken; directories are visited newest first (modification time of that file); the first
+    capsule net (``capsules*``) and the first ``cnn`` win. Unreadable checkpoints are passed over.
+    Raises :class:`CheckpointError` naming what is missing and how to get it.
+    """
+    candidates = []
+    for root in map(Path, roots):
+        if root.is_dir():
+            for last in root.rglob("last.pt"):
+                best = last.with_name("best.pt")
+                chosen = best if best.is_file() else last
+                candidates.append((chosen.stat().st_mtime, chosen))
+    found: dict[str, Path] = {}
+    for _, path in sorted(candidates, reverse=True):
+        try:
+            kind = "capsules" if _capsule(str(load_checkpoint(path).get("model", ""))) else "cnn"
+        except CheckpointError:
+            continue
+        found.setdefault(kind, path)
+        if len(found) == 2:
+            return [found["capsules"], found["cnn"]]
+    where = " or ".join(f"{r}/" for r in map(str, roots))
+    missing = [k for k in ("capsules", "cnn") if k not in found]
+    model = "capsules-small" if missing[0] == "capsules" else "cnn"
+    raise CheckpointError(f"no {' and no '.join(missing)} checkpoint found under {where}; train one with "
+                          f"`capsrobust train --model {model}` or pass --models CAPS.pt,CNN.pt")
+
+
+def sample_test_images(data: PreparedData, n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A fixed random subset of ``n`` familiar test examples: images (n, C, 32, 32), labels (n,), indices (n,).
+
+    The subset depends only on ``seed`` and the data (``torch.Generator`` seeded with ``seed``).
+    """
+    images, labels = data.subset("test_familiar")
+    if n < 1:
+        raise ConfigError(f"--n must be at least 1, got {n}")
+    if n > len(labels):
+        raise ConfigError(f"--n {n} exceeds the {len(labels)} test images of {data.describe()} "
+                          f"(split {data.split}); use --n {len(labels)} or less")
+    indices = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
+    return center_crop(images[indices]).contiguous(), labels[indices].clone(), indices
+
+
+def load_attack_setup(paths: list[str | os.PathLike[str]], data_dir: str | os.PathLike[str] | None, *, n: int,
+                      seed: int, device: str | torch.device = "cpu", pair: bool = False) -> AttackSetup:
+    """Load one or two checkpoints and the test images they are evaluated on.
+
+    Both checkpoints must share the input mode and viewpoint split (one image set feeds both) and
+    be of different models (tables are keyed by model name); each must have been trained on the
+    data in ``data_dir`` (synthnorb when None): same dataset checksum. ``pair=True`` (transfer
+    attacks) demands exactly one capsule net and one cnn.
+    """
+    from capsrobust.training import model_from_checkpoint
+
+    if not 1 <= len(paths) <= 2:
+        raise ConfigError(f"--models takes one or two checkpoints (capsule net, cnn), got {len(paths)}")
+    raw = [(Path(p), load_checkpoint(p)) for p in paths]
+    names = [str(c.get("model", "?")) for _, c in raw]
+    if len(names) == 2 and names[0] == names[1]:
+        raise ConfigError(f"both checkpoints are {names[0]} models ({raw[0][0]}, {raw[1][0]}); "
+                          "pass one capsule net and one cnn to --models")
+    if pair and sorted(_capsule(name) for name in names) != [False, True]:
+        raise ConfigError(f"transfer needs one capsule net and one cnn, got {' and '.join(names)}; "
+                          "pass --models CAPS.pt,CNN.pt")
+    for key, what in (("mode", "input mode"), ("split", "viewpoint split")):
+        values = {str(c.get(key)) for _, c in raw}
+        if len(values) > 1:
+            raise CheckpointError(f"the checkpoints differ in {what} ({' vs '.join(sorted(values))}); "
+                                  f"pass two checkpoints trained with the same --{key if key == 'mode' else 'split'}")
+    first_path, first = raw[0]
+    try:
+        data = prepare_data(data_dir, first["split"], first["mode"])
+    except KeyError as exc:
+        raise CheckpointError(f"{first_path}: checkpoint lacks {exc}; pass one written by `capsrobust train`") from None
+    for path, checkpoint in raw:
+        if checkpoint.get("dataset_checksum") != data.checksum:
+            raise CheckpointError(
+                f"{path}: trained on {checkpoint.get('dataset')} data with checksum "
+                f"{str(checkpoint.get('dataset_checksum'))[:12]}, but the data here is {data.dataset} "
+                f"{data.checksum[:12]}; pass --data-dir with the data it was trained on"
+            )
+    images, labels, indices = sample_test_images(data, n, seed)
+    loaded = []
+    for (path, checkpoint), name in zip(raw, names):
+        model = model_from_checkpoint(checkpoint).to(device).eval()
+        loaded.append(LoadedCheckpoint(path=path, name=name, step=int(checkpoint.get("step", -1)),
+                                       sha256=file_sha256(path), model=model))
+    return AttackSetup(checkpoints=loaded, data=data, images=images, labels=labels, indices=indices)

@@ -1,0 +1,112 @@
+"""Figures of robustness sweeps in the style of the paper's Fig. 3 (Hinton et al., ICLR 2018, §6).
+
+matplotlib is imported lazily with the Agg backend (no display needed), and every figure is
+rendered in memory and written atomically, like the tables. Input: the tidy table of
+:func:`capsrobust.evaluation.robustness.robustness_sweep`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from capsrobust.reporting import atomic_write_bytes
+
+__all__ = ["plot_accuracy_vs_eps", "plot_targeted_success"]
+
+#: One colour per model (capsule nets warm, CNN cool), one line style per attack.
+_MODEL_COLOURS = {"capsules": "tab:red", "capsules-small": "tab:orange", "cnn": "tab:blue"}
+_ATTACK_STYLES = {"fgsm": "-", "bim": "--", "pgd": "-.", "apgd": (0, (5, 1)), "autoattack": (0, (3, 1, 1, 1, 1, 1)),
+                  "square": (0, (1, 1)), "transfer": (0, (5, 2, 1, 2)), "worst-case": ":"}
+_MARKERS = {"fgsm": "o", "bim": "s", "pgd": "^", "apgd": "v", "autoattack": "D", "square": "x", "transfer": "+",
+            "worst-case": None}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mean_image_std(table: pd.DataFrame) -> float | None:
+    """eps / eps_std, the mean per-image std the sweep converted with (None when every eps is 0)."""
+    if "mean_image_std" in table.attrs:
+        return float(table.attrs["mean_image_std"])
+    positive = table[table.eps > 0]
+    return float((positive.eps / positive.eps_std).iloc[0]) if len(positive) else None
+
+
+def _std_axis(ax: Any, mean_std: float | None) -> None:
+    """Secondary x axis on top: the same eps in per-image-standardised units (the paper's units)."""
+    if mean_std:
+        top = ax.secondary_xaxis("top", functions=(lambda e: e / mean_std, lambda s: s * mean_std))
+        top.set_xlabel(f"ε in standardised units (ε / mean image std, std = {mean_std:.3f})")
+
+
+def _lines(ax: Any, rows: pd.DataFrame, value: str, scale: float = 1.0, offset: float = 0.0) -> None:
+    for (model, attack), group in rows.groupby(["model", "attack"], sort=False):
+        group = group.sort_values("eps")
+        ax.plot(group.eps, offset + scale * group[value], label=f"{model} · {attack}",
+                color=_MODEL_COLOURS.get(model, "tab:gray"), linestyle=_ATTACK_STYLES.get(attack, "-"),
+                marker=_MARKERS.get(attack), markersize=4, linewidth=1.6 if attack != "worst-case" else 2.2)
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=130, bbox_inches="tight")
+    _pyplot().close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_accuracy_vs_eps(table: pd.DataFrame, path: str | os.PathLike[str], *, dataset: str | None = None,
+                         n_classes: int = 5) -> Path:
+    """Untargeted accuracy (1 − adversarial error) vs ε, one line per (model, attack), both models on one figure.
+
+    x: ε in pixel units (images in [0, 1]); top axis: the same ε in standardised units. A dotted
+    line marks chance (1 / n_classes). Returns ``path``.
+    """
+    rows = table[table["mode"] == "untargeted"]
+    if rows.empty:
+        raise ValueError("no untargeted rows to plot")
+    dataset = dataset or str(rows.dataset.iloc[0])
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    _lines(ax, rows, "adversarial_error", scale=-1.0, offset=1.0)
+    ax.axhline(1.0 / n_classes, color="gray", linewidth=0.8, linestyle=":", label=f"chance ({1 / n_classes:.0%})")
+    ax.set_xlabel("ε (L∞ radius, pixel units of images in [0, 1])")
+    ax.set_ylabel("accuracy under attack (1 − adversarial error)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    _std_axis(ax, _mean_image_std(table))
+    n = int(rows.n.iloc[0])
+    ax.set_title(f"Untargeted attacks on {dataset}: accuracy vs ε (n = {n} test images)")
+    ax.legend(fontsize=8, ncol=2, loc="best")
+    return _save(fig, path)
+
+
+def plot_targeted_success(table: pd.DataFrame, path: str | os.PathLike[str], *, dataset: str | None = None) -> Path:
+    """Targeted success vs ε, averaged over the 4 wrong target classes (not the paper's 5), one line per
+    (model, attack). Returns ``path``."""
+    rows = table[table["mode"] == "targeted"]
+    if rows.empty:
+        raise ValueError("no targeted rows to plot")
+    dataset = dataset or str(rows.dataset.iloc[0])
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    _lines(ax, rows, "attack_success_rate")
+    ax.set_xlabel("ε (L∞ radius, pixel units of images in [0, 1])")
+    ax.set_ylabel("targeted success (4 wrong classes; the paper averages all 5)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    _std_axis(ax, _mean_image_std(table))
+    n = int(rows.n.iloc[0])
+    ax.set_title(f"Targeted attacks on {dataset}: success vs ε (n = {n} test images)")
+    ax.legend(fontsize=8, ncol=2, loc="best")
+    return _save(fig, path)

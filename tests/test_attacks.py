@@ -1,0 +1,529 @@
+"""Adversarial evaluation: attacks, sweeps, sanity checks, `capsrobust attack` and `bench attacks`.
+
+Library behaviour is specified on hand-built toy models whose answers are known; the CLI runs on
+tiny capsules-small and cnn checkpoints trained for a few steps on a tiny NORB-format dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from capsrobust.attacks import ATTACK_NAMES, TARGETED_OK, ScoreModel, build_attack, set_target
+from capsrobust.checkpoints import load_checkpoint, save_checkpoint
+from capsrobust.errors import ConfigError
+from capsrobust.evaluation.attack_data import find_default_checkpoints, parse_eps, sample_test_images
+from capsrobust.evaluation.robustness import (SweepConfig, evaluate_robustness, gradient_statistics,
+                                              robustness_sweep, sanity_checks)
+from capsrobust.paths import CACHE_ENV
+from capsrobust.reporting import sweep_pivot
+from capsrobust_cli.main import cli
+from tests.conftest import write_dataset
+from tests.test_cli_data import assert_one_line_error
+
+PIXELS = 2 * 32 * 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a busy 2-core machine OpenMP threads spin on tiny tensors (100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# ---------------------------------------------------------------------------------------------
+# Toy models with known answers: images (N, 2, 32, 32) in [0, 1] -> scores (N, 5).
+
+
+def templates(seed: int = 0) -> torch.Tensor:
+    """Five random ±1 patterns (5, 2, 32, 32), one per class."""
+    return torch.randint(0, 2, (5, 2, 32, 32), generator=torch.Generator().manual_seed(seed)).float() * 2 - 1
+
+
+class TemplateModel(nn.Module):
+    """Linear classifier s_k = 10 <x − 0.5, t_k> / P: perfect on :func:`separable_data`, softmax not saturated."""
+
+    score_kind = "logits"
+
+    def __init__(self, patterns: torch.Tensor) -> None:
+        super().__init__()
+        self.linear = nn.Linear(PIXELS, 5)
+        with torch.no_grad():
+            self.linear.weight.copy_(patterns.flatten(1) * 10 / PIXELS)
+            self.linear.bias.copy_(-(patterns.flatten(1) * 0.5).sum(1) * 10 / PIXELS)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.linear(images.flatten(1))
+
+
+class TemplateCapsules(TemplateModel):
+    """The same classifier with capsule-style outputs: activations sigmoid(sharpness · (s − offset)) in (0, 1)."""
+
+    score_kind = "activation"
+
+    def __init__(self, patterns: torch.Tensor, sharpness: float = 1.0, offset: float = 0.0) -> None:
+        super().__init__(patterns)
+        self.sharpness, self.offset = sharpness, offset
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.sharpness * (super().forward(images) - self.offset))
+
+
+class Quantised(TemplateModel):
+    """Gradient masking by quantisation: the input is rounded to 4 grey levels, so input gradients are 0."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.round(images * 3) / 3)
+
+
+class Detached(TemplateModel):
+    """Gradient masking by a non-differentiable step (the input leaves autograd)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return super().forward(images.detach())
+
+
+class Constant(nn.Module):
+    """Predicts ``cls`` for every input (zero weights: attacks cannot move it)."""
+
+    score_kind = "logits"
+
+    def __init__(self, cls: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(PIXELS, 5)
+        with torch.no_grad():
+            self.linear.weight.zero_()
+            self.linear.bias.copy_(torch.nn.functional.one_hot(torch.tensor(cls), 5).float())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.linear(images.flatten(1))
+
+
+def separable_data(n: int = 20, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images 0.5 + 0.15·t_y + noise (some pixels clamped at 0 and 1), balanced labels (n,)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 5
+    noise = torch.rand(n, 2, 32, 32, generator=generator) * 0.1 - 0.05
+    images = (0.5 + 0.15 * templates()[labels] + noise).clamp(0, 1)
+    images[:, 0, 0, :4] = torch.tensor([0.0, 1.0, 0.0, 1.0])  # pixels at the borders of [0, 1]
+    return images, labels
+
+
+def error(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(images).argmax(1) != labels).float().mean().item()
+
+
+def cell(table: pd.DataFrame, **where: object) -> pd.Series:
+    rows = table
+    for key, value in where.items():
+        rows = rows[rows[key] == value]
+    assert len(rows) == 1, where
+    return rows.iloc[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Attacks and the sweep.
+
+
+def test_toy_models_are_perfect_on_their_data():
+    images, labels = separable_data()
+    for model in (TemplateModel(templates()), TemplateCapsules(templates()), Quantised(templates())):
+        assert error(model, images, labels) == 0.0
+
+
+def test_eps_zero_leaves_error_unchanged():
+    images, labels = separable_data()
+    models = {"cnn": TemplateModel(templates()), "capsules": TemplateCapsules(templates())}
+    config = SweepConfig(attacks=("fgsm", "bim", "pgd", "transfer"), eps_values=(0.0,), steps=3, batch_size=8)
+    table = robustness_sweep(models, images, labels, config, dataset="toy")
+    assert set(table.attack) == {"fgsm", "bim", "pgd", "transfer", "worst-case"}
+    assert (table.adversarial_error == table.clean_error).all()
+    assert (table.linf_max == 0).all()
+
+
+def test_fgsm_at_large_eps_breaks_a_model_that_beats_chance():
+    images, labels = separable_data()
+    model = TemplateModel(templates())
+    table = robustness_sweep({"cnn": model}, images, labels,
+                             SweepConfig(attacks=("fgsm",), eps_values=(0.0, 0.3)), dataset="toy")
+    assert cell(table, eps=0.0).adversarial_error == 0.0
+    broken = cell(table, eps=0.3)
+    assert broken.clean_error == 0.0 and broken.adversarial_error >= 0.9 and broken.attack_success_rate >= 0.9
+    assert broken.eps_std > broken.eps  # images have std < 1 in pixel units
+
+
+@pytest.mark.parametrize("score", ["log-activation", "activation"])
+def test_fgsm_breaks_a_capsule_style_model_through_either_score(score: str):
+    images, labels = separable_data()
+    model = TemplateCapsules(templates())
+    config = SweepConfig(attacks=("fgsm",), eps_values=(0.3,), scores={"capsules": score})
+    row = cell(robustness_sweep({"capsules": model}, images, labels, config, dataset="toy"))
+    assert row.score == score and row.adversarial_error >= 0.9
+
+
+ALL_CASES = [(name, loss, targeted) for name in ATTACK_NAMES for targeted in (False, True)
+             for loss in (("ce", "margin", "dlr", "spread") if name in ("fgsm", "pgd") else ("ce",))
+             if not targeted or name in TARGETED_OK]
+
+
+@pytest.mark.parametrize("name,loss,targeted", ALL_CASES)
+def test_adversarial_images_stay_in_the_eps_ball_and_the_unit_cube(name: str, loss: str, targeted: bool):
+    images, labels = separable_data(n=8)
+    target, source = TemplateCapsules(templates()), TemplateModel(templates(seed=3))
+    eps = 0.3  # large enough to break the toy, so square and autoattack stop early
+    torch.manual_seed(0)
+    attack = build_attack(name, target, eps, loss=loss, steps=2, source_model=source)
+    set_target(attack, 2 if targeted else None)
+    adversarial = attack(images, labels)
+    assert adversarial.shape == images.shape
+    assert (adversarial - images).abs().max().item() <= eps + 1e-6
+    assert adversarial.min().item() >= 0.0 and adversarial.max().item() <= 1.0
+    if name not in ("apgd", "square", "autoattack"):  # these keep the clean image where they fail
+        assert (adversarial - images).abs().max().item() >= eps / 2  # it moved
+
+
+def test_sweep_reports_perturbations_within_eps():
+    images, labels = separable_data()
+    config = SweepConfig(attacks=("fgsm", "pgd"), eps_values=(0.05, 0.2), modes=("untargeted", "targeted"), steps=2)
+    table = robustness_sweep({"cnn": TemplateModel(templates())}, images, labels, config, dataset="toy")
+    attacks = table[table.attack != "worst-case"]
+    assert (attacks.linf_max <= attacks.eps + 1e-6).all() and (attacks.linf_mean <= attacks.linf_max + 1e-9).all()
+    assert (attacks.linf_max >= attacks.eps - 1e-6).all()  # the sign step uses the whole budget
+
+
+def test_targeted_success_is_averaged_over_the_four_wrong_classes():
+    images, labels = separable_data(n=10)
+    labels = torch.tensor([0, 0, 0, 0, 0, 1, 2, 3, 4, 1])
+    # A constant model predicting class 0: an example labelled y != 0 is "hit" only for target 0,
+    # one of its 4 wrong classes -> 1/4; an example labelled 0 never (target 0 is its own class).
+    config = SweepConfig(attacks=("fgsm",), eps_values=(0.2,), modes=("targeted",))
+    row = cell(robustness_sweep({"cnn": Constant(0)}, images, labels, config, dataset="toy"))
+    assert row.attack_success_rate == pytest.approx(0.5 * 0.25)
+    assert row.success_rate_5class == pytest.approx(0.2)  # the paper's convention counts target 0 for everyone
+
+
+def test_targeted_success_of_a_perfect_model_at_eps_zero_is_zero_not_twenty_percent():
+    images, labels = separable_data()
+    config = SweepConfig(attacks=("fgsm",), eps_values=(0.0,), modes=("targeted",))
+    row = cell(robustness_sweep({"cnn": TemplateModel(templates())}, images, labels, config, dataset="toy"))
+    assert row.attack_success_rate == 0.0 and row.adversarial_error == 0.0
+    assert row.success_rate_5class == pytest.approx(0.2)  # REFERENCE.md §6: the paper's 20 % at eps = 0
+
+
+def test_worst_case_breaks_every_example_any_attack_broke():
+    images, labels = separable_data()
+    config = SweepConfig(attacks=("fgsm", "bim", "pgd"), eps_values=(0.02, 0.05), steps=3)
+    table = robustness_sweep({"cnn": TemplateModel(templates())}, images, labels, config, dataset="toy")
+    for eps in (0.02, 0.05):
+        rows = table[table.eps == eps]
+        worst = cell(rows, attack="worst-case").adversarial_error
+        assert worst >= rows[rows.attack != "worst-case"].adversarial_error.max()
+
+
+def test_spread_loss_moves_confident_capsule_predictions():
+    # True class ~1, others ~5e-4 (s_y ≈ 1.5, others ≈ 0): on log-activations every gap (≈ 7.5)
+    # exceeds the margin 1, so a spread loss computed there is 0 with zero gradient; computed on
+    # the activations (gap < 1) it keeps pushing.
+    images, labels = separable_data(n=10)
+    model = TemplateCapsules(templates(), sharpness=10.0, offset=0.75)
+    with torch.no_grad():
+        activations = model(images)
+    assert (activations.log().gather(1, labels[:, None]) - activations.log()).sort(1).values[:, 1].min() > 1
+    attack = build_attack("fgsm", model, 0.05, loss="spread")
+    assert ScoreModel(model).score == "log-activation"
+    moved = (attack(images, labels) - images).abs().flatten(1).amax(1)
+    assert torch.all(moved > 0.04)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sanity checks.
+
+
+def test_gradient_check_fails_for_a_gradient_masked_model_and_passes_for_a_normal_one():
+    images, labels = separable_data()
+    models = {"normal": TemplateModel(templates()), "quantised": Quantised(templates()),
+              "detached": Detached(templates())}
+    gradients = gradient_statistics(models, images, labels).set_index("model")
+    assert gradients.loc["quantised", "zero_gradient_fraction"] == 1.0
+    assert gradients.loc["detached", "zero_gradient_fraction"] == 1.0  # reported, not an autograd error
+    config = SweepConfig(attacks=("fgsm", "bim"), eps_values=(0.0, 0.3), steps=2)
+    table, checks = evaluate_robustness(models, images, labels, config, dataset="toy")
+    status = checks[checks.check == "input gradients non-zero"].set_index("model").status
+    assert status.to_dict() == {"normal": "PASS", "quantised": "FAIL", "detached": "FAIL"}
+    # The masked models look robust to white-box attacks: exactly the illusion the check exposes.
+    assert cell(table, model="quantised", attack="fgsm", eps=0.3).adversarial_error == 0.0
+    assert cell(table, model="normal", attack="fgsm", eps=0.3).adversarial_error >= 0.9
+
+
+def _fake_sweep(errors: dict[str, list[float]], eps=(0.0, 0.1, 0.5), n: int = 1000) -> pd.DataFrame:
+    rows = [{"model": "cnn", "attack": attack, "mode": "untargeted", "eps": e, "n": n, "adversarial_error": err,
+             "attack_success_rate": err} for attack, values in errors.items() for e, err in zip(eps, values)]
+    return pd.DataFrame(rows)
+
+
+def test_checks_flag_bim_weaker_than_fgsm_and_non_monotone_success():
+    checks = sanity_checks(_fake_sweep({"fgsm": [0.1, 0.6, 0.9], "bim": [0.1, 0.7, 0.4]}))
+    by_check = checks.groupby("check").status.apply(list).to_dict()
+    assert by_check["iterative >= single-step"] == ["FAIL"]
+    assert sorted(by_check["success monotone in eps"]) == ["FAIL", "PASS"]  # bim drops from 0.7 to 0.4
+    assert by_check["chance error at eps >= 0.5"] == ["PASS"]  # fgsm reaches 0.9
+
+
+def test_checks_pass_a_sound_sweep_and_flag_accuracy_far_above_chance():
+    sound = sanity_checks(_fake_sweep({"fgsm": [0.1, 0.5, 0.85], "bim": [0.1, 0.7, 0.95]}))
+    assert set(sound.status) == {"PASS"}
+    stuck = sanity_checks(_fake_sweep({"fgsm": [0.1, 0.2, 0.3]}))
+    assert cell(stuck, check="chance error at eps >= 0.5").status == "FAIL"
+    assert cell(stuck, check="iterative >= single-step").status == "SKIP"
+
+
+def test_checks_flag_transfer_stronger_than_white_box():
+    checks = sanity_checks(_fake_sweep({"fgsm": [0.1, 0.2, 0.8], "transfer": [0.1, 0.6, 0.8]}))
+    assert cell(checks, check="transfer <= white-box").status == "FAIL"
+
+
+def test_sweep_config_rejects_bad_options_before_any_work():
+    for bad, fragment in ((dict(attacks=("fgsm", "nope")), "unknown attack"), (dict(eps_values=(1.5,)), "[0, 1]"),
+                          (dict(loss="hinge"), "unknown loss"), (dict(attacks=("apgd",), loss="margin"), "apgd"),
+                          (dict(attacks=("apgd",), modes=("targeted",)), "targeted"), (dict(steps=0), "steps")):
+        with pytest.raises(ConfigError, match=None) as info:
+            SweepConfig(**bad).validate()
+        assert fragment in str(info.value)
+
+
+def test_pivot_puts_models_side_by_side():
+    images, labels = separable_data()
+    models = {"capsules": TemplateCapsules(templates()), "cnn": TemplateModel(templates())}
+    table = robustness_sweep(models, images, labels, SweepConfig(attacks=("fgsm",), eps_values=(0.0, 0.3)),
+                             dataset="toy")
+    pivot = sweep_pivot(table)
+    assert list(pivot.columns) == ["attack", "mode", "eps", "eps_std", "capsules", "cnn"]
+    assert list(pivot.eps) == [0.0, 0.3] and pivot.loc[1, "cnn"] >= 0.9
+
+
+# ---------------------------------------------------------------------------------------------
+# eps parsing and test images.
+
+
+def test_parse_eps_accepts_a_value_a_list_and_an_inclusive_sweep():
+    assert parse_eps("0.1") == (0.1,)
+    assert parse_eps("0.1,0,0.05,0.1") == (0.0, 0.05, 0.1)
+    assert parse_eps("0:0.3:0.1") == (0.0, 0.1, 0.2, 0.3)
+    assert len(parse_eps("0:0.3:0.02")) == 16 and parse_eps("0:0.3:0.02")[-1] == 0.3
+    assert parse_eps("0:0.25:0.1") == (0.0, 0.1, 0.2)
+
+
+@pytest.mark.parametrize("text,fragment", [("1.5", "1.5 is outside [0, 1]"), ("-0.1", "-0.1 is outside"),
+                                           ("abc", "'abc' is not a number"), ("0:0.3", "START:STOP:STEP"),
+                                           ("0.3:0:0.1", "STOP >= START"), ("nan", "nan is outside"), ("", "empty")])
+def test_parse_eps_rejects_bad_values_naming_them(text: str, fragment: str):
+    with pytest.raises(ConfigError) as info:
+        parse_eps(text)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny trained checkpoints for the CLI.
+
+TINY_CAPS = {"iterations": 1}  # the real capsules-small, one EM iteration for speed
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """capsules-small and cnn trained 4 steps (batch 8) on a tiny NORB-format dataset."""
+    from capsrobust.data.prepared import prepare_data
+    from capsrobust.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("attack")
+    data_dir = write_dataset(root / "data", size=16)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(root / "cache"))
+        data = prepare_data(data_dir)
+        for name, overrides in (("cnn", {}), ("capsules-small", TINY_CAPS)):
+            config = TrainConfig(model=name, data_dir=str(data_dir), steps=4, batch_size=8, eval_every=4,
+                                 max_eval_examples=8, model_overrides=overrides)
+            train(config, root / name, data=data, progress=False, log=lambda message: None)
+    return SimpleNamespace(root=root, data_dir=data_dir, caps=root / "capsules-small" / "last.pt",
+                           cnn=root / "cnn" / "last.pt", test_size=len(data.subset("test_familiar")[1]))
+
+
+def attack_args(tiny: SimpleNamespace, *extra: str, models: str | None = None, out: Path | None = None) -> list[str]:
+    """``attack`` with small defaults; ``extra`` (ATTACK and options) comes last, so it overrides them."""
+    return ["attack", "--models", models or f"{tiny.caps},{tiny.cnn}", "--data-dir", str(tiny.data_dir),
+            "--out", str(out or tiny.root / "out-unused"), "--n", "4", "--batch-size", "4", "--steps", "1",
+            "--no-progress", *extra]
+
+
+def test_attack_command_writes_tables_checks_provenance_and_plot(tiny: SimpleNamespace, tmp_path: Path):
+    out = tmp_path / "fgsm-bim"
+    result = CliRunner().invoke(cli, attack_args(tiny, "fgsm,bim", "--eps", "0,0.1", out=out))
+    assert result.exit_code == 0, result.output
+    for name in ("sweep.csv", "sweep.md", "checks.csv", "checks.md", "gradients.csv", "provenance.json",
+                 "accuracy_vs_eps.png"):
+        assert (out / name).is_file(), name
+    assert not (out / "success_vs_eps.png").exists()
+    assert (out / "accuracy_vs_eps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    sweep = pd.read_csv(out / "sweep.csv")
+    assert set(sweep.model) == {"capsules-small", "cnn"} and set(sweep.attack) == {"fgsm", "bim", "worst-case"}
+    assert set(sweep.eps) == {0.0, 0.1} and (sweep.n == 4).all() and set(sweep["mode"]) == {"untargeted"}
+    assert dict(sweep.groupby("model").score.first()) == {"capsules-small": "log-activation", "cnn": "logits"}
+    at_zero = sweep[sweep.eps == 0.0]
+    assert (at_zero.adversarial_error == at_zero.clean_error).all()
+    assert (sweep[sweep.attack != "worst-case"].linf_max <= sweep[sweep.attack != "worst-case"].eps + 1e-6).all()
+    assert (out / "sweep.md").read_text().startswith("# Adversarial robustness: smallNORB (stereo)")
+
+    checks = pd.read_csv(out / "checks.csv")
+    assert set(checks.status) <= {"PASS", "FAIL", "SKIP"}
+    assert {"iterative >= single-step", "input gradients non-zero"} <= set(checks.check)
+    assert "## Sanity checks" in result.output and "capsules-small" in result.output
+
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["dataset"] == "smallNORB" and record["mode"] == "stereo" and len(record["dataset_checksum"]) == 64
+    assert record["eps"] == [0.0, 0.1] and record["attacks"] == ["fgsm", "bim"] and record["n"] == 4
+    assert record["seed"] == 0 and record["loss"] == "ce" and record["steps"] == 1 and record["wall_time_s"] > 0
+    assert {c["model"] for c in record["checkpoints"]} == {"capsules-small", "cnn"}
+    assert all(len(c["sha256"]) == 64 for c in record["checkpoints"])
+
+
+def test_attack_command_targeted_writes_the_success_plot(tiny: SimpleNamespace, tmp_path: Path):
+    out = tmp_path / "targeted"
+    out.mkdir()
+    (out / "success_vs_eps.png").write_bytes(b"stale")
+    result = CliRunner().invoke(cli, attack_args(tiny, "fgsm", "--eps", "0.1", "--targeted", out=out))
+    assert result.exit_code == 0, result.output
+    sweep = pd.read_csv(out / "sweep.csv")
+    assert set(sweep["mode"]) == {"untargeted", "targeted"} and set(sweep.model) == {"capsules-small", "cnn"}
+    targeted = sweep[sweep["mode"] == "targeted"].iloc[0]
+    assert 0.0 <= targeted.attack_success_rate <= 1.0 and 0.0 <= targeted.success_rate_5class <= 1.0
+    assert (out / "success_vs_eps.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_test_images_are_a_seeded_subset_of_centre_crops(tiny: SimpleNamespace):
+    from capsrobust.data.prepared import prepare_data
+
+    data = prepare_data(tiny.data_dir)
+    a_images, a_labels, a_index = sample_test_images(data, 6, seed=3)
+    b_images, _, b_index = sample_test_images(data, 6, seed=3)
+    _, _, c_index = sample_test_images(data, 6, seed=4)
+    assert a_images.shape == (6, 2, 32, 32) and a_images.min() >= 0 and a_images.max() <= 1
+    assert torch.equal(a_images, b_images) and torch.equal(a_index, b_index) and not torch.equal(a_index, c_index)
+    assert torch.equal(a_labels, data.subset("test_familiar")[1][a_index])
+
+
+def test_default_models_are_the_newest_capsule_and_cnn_runs(tiny: SimpleNamespace, tmp_path: Path):
+    old_caps, cnn_run = tmp_path / "runs" / "old", tmp_path / "runs" / "c"
+    new_caps = tmp_path / "results" / "train" / "new"
+    for run, source in ((old_caps, tiny.caps), (new_caps, tiny.caps), (cnn_run, tiny.cnn)):
+        run.mkdir(parents=True)
+        shutil.copy(source, run / "last.pt")
+    shutil.copy(tiny.cnn, cnn_run / "best.pt")
+    (tmp_path / "runs" / "junk").mkdir()
+    (tmp_path / "runs" / "junk" / "last.pt").write_text("not a checkpoint")
+    now = time.time()
+    os.utime(old_caps / "last.pt", (now - 100, now - 100))
+    os.utime(tmp_path / "runs" / "junk" / "last.pt", (now + 100, now + 100))
+    found = find_default_checkpoints([tmp_path / "runs", tmp_path / "results" / "train"])
+    assert found == [new_caps / "last.pt", cnn_run / "best.pt"]
+
+
+def test_no_checkpoints_found_tells_the_user_to_train(tiny: SimpleNamespace, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["attack", "fgsm", "--eps", "0.1", "--data-dir", str(tiny.data_dir)])
+    assert_one_line_error(result, "no capsules and no cnn checkpoint found", "capsrobust train", "--models")
+
+
+def _foreign(tmp_path: Path) -> Path:
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
+    return tmp_path / "foreign.pt"
+
+
+def _truncated(tmp_path: Path) -> Path:
+    path = save_checkpoint(tmp_path / "cut.pt", {"model": "cnn", "model_state": {"w": torch.zeros(1000)}})
+    path.write_bytes(path.read_bytes()[:500])
+    return path
+
+
+def _second_cnn(tmp_path: Path, tiny: SimpleNamespace) -> Path:
+    return Path(shutil.copy(tiny.cnn, tmp_path / "cnn-copy.pt"))
+
+
+BAD_INPUTS = [
+    (["fgsm,nope", "--eps", "0.1"], None, ["unknown attack 'nope'", "fgsm, bim, pgd"]),
+    (["fgsm", "--eps", "1.5"], None, ["1.5 is outside [0, 1]"]),
+    (["fgsm", "--eps=-0.1"], None, ["-0.1 is outside [0, 1]"]),
+    (["fgsm", "--eps", "zero"], None, ["'zero' is not a number"]),
+    (["fgsm", "--eps", "0:0.3"], None, ["START:STOP:STEP"]),
+    (["fgsm", "--eps", "0.1", "--loss", "hinge"], None, ["unknown loss 'hinge'"]),
+    (["apgd", "--eps", "0.1", "--targeted"], None, ["apgd cannot run targeted"]),
+    (["fgsm", "--eps", "0.1", "--n", "100000"], None, ["--n 100000 exceeds the", "use --n"]),
+    (["fgsm", "--eps", "0.1", "--n", "0"], None, ["--n must be at least 1"]),
+    (["fgsm", "--eps", "0.1"], lambda p, t: f"{p / 'none.pt'},{t.cnn}", ["checkpoint not found"]),
+    (["fgsm", "--eps", "0.1"], lambda p, t: f"{t.caps},{_foreign(p)}", ["not a capsrobust checkpoint"]),
+    (["fgsm", "--eps", "0.1"], lambda p, t: f"{_truncated(p)},{t.cnn}", ["not a loadable checkpoint"]),
+    (["transfer", "--eps", "0.1"], lambda p, t: f"{t.cnn},{_second_cnn(p, t)}", ["both checkpoints are cnn"]),
+    (["transfer", "--eps", "0.1"], lambda p, t: str(t.caps), ["transfer needs one capsule net and one cnn"]),
+]
+
+
+@pytest.mark.parametrize("args,models,fragments", BAD_INPUTS, ids=[" ".join(a) + (" models" if m else "")
+                                                                   for a, m, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2(tiny: SimpleNamespace, tmp_path: Path, args, models, fragments):
+    out = tmp_path / "out"
+    paths = models(tmp_path, tiny) if models else None
+    result = CliRunner().invoke(cli, attack_args(tiny, *args, out=out, models=paths))
+    assert_one_line_error(result, *fragments)
+    assert not out.exists()  # nothing written for a refused run
+
+
+def test_out_that_is_a_file_is_refused(tiny: SimpleNamespace, tmp_path: Path):
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(cli, attack_args(tiny, "fgsm", "--eps", "0.1", out=tmp_path / "file"))
+    assert_one_line_error(result, "is a file")
+
+
+def test_checkpoint_trained_on_other_data_is_refused(tiny: SimpleNamespace, tmp_path: Path):
+    other = write_dataset(tmp_path / "other", size=8)
+    result = CliRunner().invoke(cli, ["attack", "fgsm", "--eps", "0.1", "--models", f"{tiny.caps},{tiny.cnn}",
+                                      "--data-dir", str(other), "--out", str(tmp_path / "out")])
+    assert_one_line_error(result, str(tiny.caps), "checksum", "pass --data-dir with the data it was trained on")
+
+
+def test_attack_help_teaches_scores_measures_and_examples():
+    result = CliRunner().invoke(cli, ["attack", "--help"])
+    assert result.exit_code == 0
+    for text in ("log of their", "logits", "4 WRONG classes", "eps_std", "capsrobust attack fgsm --eps 0.1",
+                 "capsrobust attack fgsm,bim --eps 0:0.3:0.02 --targeted",
+                 "capsrobust attack transfer --eps 0.1 --models caps.pt,cnn.pt"):
+        assert text in result.output, text
+    assert "attack" in CliRunner().invoke(cli, ["--help"]).output
+
+
+def test_bench_attacks_prints_json_with_positive_seconds(tiny: SimpleNamespace):
+    result = CliRunner().invoke(cli, ["bench", "attacks", "--n", "10", "--steps", "2", "--json", "--models",
+                                      f"{tiny.caps},{tiny.cnn}", "--data-dir", str(tiny.data_dir)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    rows = {(r["model"], r["attack"]): r for r in report["timings"]}
+    assert set(rows) == {(m, a) for m in ("capsules-small", "cnn") for a in ("fgsm", "bim", "pgd")}
+    assert all(r["seconds"] > 0 and r["n"] == 10 and r["eps_values"] == 8 for r in rows.values())
+    assert rows[("cnn", "bim")]["steps"] == 2
+    assert report["total_seconds"] == pytest.approx(sum(r["seconds"] for r in rows.values()))
+    assert report["dataset"] == "smallNORB (stereo)"
+
+
+def test_loaded_checkpoints_keep_their_model_names(tiny: SimpleNamespace):
+    assert load_checkpoint(tiny.caps)["model"] == "capsules-small" and load_checkpoint(tiny.cnn)["model"] == "cnn"
