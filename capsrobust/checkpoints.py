@@ -17,7 +17,10 @@ import torch
 
 from capsrobust.errors import CheckpointError
 
-__all__ = ["FORMAT", "load_checkpoint", "save_checkpoint", "check_compatible"]
+__all__ = ["FORMAT", "check_compatible", "evaluation_only", "load_checkpoint", "save_checkpoint"]
+
+#: What only resuming needs; an evaluation-only checkpoint (best.pt, `capsrobust export`) drops it.
+RESUME_KEYS = ("optimizer_state", "rng_state", "scheduler")
 
 FORMAT = "capsrobust-checkpoint"
 VERSION = 1
@@ -43,6 +46,12 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
             os.unlink(tmp)
         raise
     return path
+
+
+def evaluation_only(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """``checkpoint`` without the optimiser and RNG state: a third of the size (Adam keeps two
+    moments per weight), enough to evaluate or attack the model, not to resume its training."""
+    return {key: value for key, value in checkpoint.items() if key not in RESUME_KEYS} | {"resumable": False}
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -9,8 +9,10 @@ Run directory (``--out``)::
     run.json        config, dataset name and checksum, seed, commit, versions
     metrics.jsonl   one line per evaluation: step, epoch, train loss/error, validation errors, img/s
     last.pt         latest state (written every ``checkpoint_every`` steps, at the end and on Ctrl-C)
-    best.pt         lowest validation (familiar) error so far
-    matched.pt      first checkpoint with validation familiar error <= --target-familiar-error
+    best.pt         lowest validation (familiar) error so far (evaluation-only: no optimiser state)
+    matched.pt      first checkpoint with validation familiar error <= --target-familiar-error (ditto)
+    checkpoints/    with ``keep_checkpoints``: ``step-<step>.pt`` at every evaluation (ditto), so a
+                    checkpoint can be chosen afterwards by another rule (the paper's test-set matching)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from capsrobust.checkpoints import check_compatible, load_checkpoint, save_checkpoint
+from capsrobust.checkpoints import check_compatible, evaluation_only, load_checkpoint, save_checkpoint
 from capsrobust.data.prepared import PreparedData, prepare_data
 from capsrobust.data.transforms import AugmentParams, augment_batch, sample_augment_params
 from capsrobust.distributed import setup_distributed
@@ -61,6 +63,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: at every evaluation
     target_familiar_error: float | None = None
     max_eval_examples: int = 0  # 0: whole validation sets
+    keep_checkpoints: bool = False  # also save checkpoints/step-<step>.pt (evaluation-only) at each evaluation
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -254,6 +257,9 @@ def train(
         if not last_path.exists():
             raise CheckpointError(f"{last_path}: nothing to resume; run without --resume to start training")
         checkpoint = load_checkpoint(last_path)
+        if checkpoint.get("resumable") is False:
+            raise CheckpointError(f"{last_path}: an evaluation-only checkpoint (no optimiser state) cannot be resumed; "
+                                  "start a new run or restore the run's own last.pt")
     elif last_path.exists():
         raise CheckpointError(f"{out} already holds a run ({last_path.name}); pass --resume to continue it or choose another --out")
 
@@ -301,10 +307,11 @@ def train(
         )
         (out / "run.json").write_text(json.dumps(run_info, indent=2))
 
-    def save(path: Path, step: int) -> None:
+    def save(path: Path, step: int, *, resumable: bool = True) -> None:
         if not dist.is_main:  # one writer: rank 0
             return
-        save_checkpoint(path, _checkpoint_payload(model, optimizer, config, data, step, steps, best, model_config))
+        payload = _checkpoint_payload(model, optimizer, config, data, step, steps, best, model_config)
+        save_checkpoint(path, payload if resumable else evaluation_only(payload))
 
     from tqdm import tqdm
 
@@ -356,11 +363,13 @@ def train(
                 val = record.get("validation_error")
                 if val is not None and (best["validation_error"] is None or val < best["validation_error"]):
                     best.update(validation_error=val, step=done)
-                    save(out / "best.pt", done)
+                    save(out / "best.pt", done, resumable=False)
                 target = config.target_familiar_error
                 if target is not None and val is not None and val <= target and best["matched_step"] is None:
                     best["matched_step"] = done
-                    save(out / "matched.pt", done)
+                    save(out / "matched.pt", done, resumable=False)
+                if config.keep_checkpoints:
+                    save(out / "checkpoints" / f"step-{done}.pt", done, resumable=False)
                 _append_jsonl(out / "metrics.jsonl", record)
                 bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
                 window_loss, window_wrong, window_seen, window_time = 0.0, 0, 0, 0.0

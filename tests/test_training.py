@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
@@ -121,7 +123,6 @@ def test_run_directory_holds_provenance_metrics_and_best(data_dir: Path, tmp_pat
     result = CliRunner().invoke(cli, ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out),
                                       *STEPS, "--target-familiar-error", "1.0"])
     assert result.exit_code == 0, result.output
-    import json
 
     run = json.loads((out / "run.json").read_text())
     assert run["dataset"] == "smallNORB" and run["config"]["seed"] == 0 and len(run["dataset_checksum"]) == 64
@@ -199,6 +200,49 @@ def test_evaluate_reports_test_error_and_refuses_other_data(data_dir: Path, tmp_
     other = write_dataset(tmp_path / "other", size=16, lightings=(1, 2))
     assert_one_line_error(CliRunner().invoke(cli, ["evaluate", str(out / "last.pt"), "--data-dir", str(other)]),
                           "evaluate on the data it was trained on")
+
+
+def test_evaluate_writes_side_by_side_table_curves_and_provenance(data_dir: Path, tmp_path: Path) -> None:
+    runs = {}
+    for model in ("cnn", "capsules-small"):
+        runs[model] = tmp_path / model
+        result = CliRunner().invoke(cli, ["train", "--model", model, "--data-dir", str(data_dir), "--out",
+                                          str(runs[model]), *STEPS])
+        assert result.exit_code == 0, result.output
+    report = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["evaluate", str(runs["capsules-small"] / "best.pt"), str(runs["cnn"] / "best.pt"),
+                                      "--data-dir", str(data_dir), "--both-crops", "--out", str(report)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(report / "test-error.csv")
+    assert sorted(set(table["model"])) == ["capsules-small", "cnn"]
+    assert sorted(set(table["crops"])) == [1, 13]
+    assert table["error"].between(0, 1).all()
+    assert (report / "learning-curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads((report / "provenance.json").read_text())
+    assert {c["model"] for c in record["checkpoints"]} == {"capsules-small", "cnn"}
+    assert all(len(c["sha256"]) == 64 for c in record["checkpoints"])
+    assert "smallNORB (stereo)" in (report / "test-error.md").read_text()
+    assert_one_line_error(CliRunner().invoke(cli, ["evaluate", str(tmp_path / "nope.pt")]), "checkpoint not found")
+
+
+def test_export_writes_a_smaller_evaluation_only_copy_that_evaluates_the_same(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out),
+                                    *STEPS]).exit_code == 0
+    slim = tmp_path / "slim.pt"
+    result = CliRunner().invoke(cli, ["export", str(out / "last.pt"), "--out", str(slim)])
+    assert result.exit_code == 0, result.output
+    assert slim.stat().st_size < 0.5 * (out / "last.pt").stat().st_size  # Adam's two moments are gone
+    assert "optimizer_state" not in load_checkpoint(slim) and "optimizer_state" not in load_checkpoint(out / "best.pt")
+    a, b = weights(out / "last.pt"), weights(slim)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    evaluations = [CliRunner().invoke(cli, ["evaluate", str(p), "--data-dir", str(data_dir)]).output.splitlines()[-1]
+                   for p in (out / "last.pt", slim)]
+    assert evaluations[0].split("|")[-2] == evaluations[1].split("|")[-2]  # same error
+    # An evaluation-only checkpoint cannot be resumed.
+    (out / "last.pt").write_bytes(slim.read_bytes())
+    assert_one_line_error(CliRunner().invoke(cli, ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out",
+                                                   str(out), *STEPS, "--resume"]), "cannot be resumed")
 
 
 def test_data_parallel_run_under_torchrun_resumes_exactly(data_dir: Path, tmp_path: Path, isolated_cache: Path) -> None:

@@ -1,0 +1,82 @@
+"""Learning curves of training runs: ``metrics.jsonl`` -> a tidy DataFrame and a figure.
+
+A run directory (``capsrobust train --out``) holds ``metrics.jsonl``, one JSON record per
+evaluation (step, epoch, train_loss, train_error, validation_error, images_per_s, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from capsrobust.errors import DataError
+
+__all__ = ["load_metrics", "plot_learning_curves", "run_summary"]
+
+
+def load_metrics(run_dir: str | os.PathLike[str], *, label: str | None = None) -> pd.DataFrame:
+    """Records of ``run_dir/metrics.jsonl`` as a DataFrame with a ``run`` column (``label`` or the dir name)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        records = [json.loads(line) for line in lines]
+    except FileNotFoundError:
+        raise DataError(f"{path}: no metrics log; pass a checkpoint inside a `capsrobust train` run directory") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: unreadable metrics log ({exc}); the run directory is damaged") from None
+    table = pd.DataFrame.from_records(records)
+    table.insert(0, "run", label or Path(run_dir).name)
+    return table
+
+
+def run_summary(run_dir: str | os.PathLike[str]) -> dict[str, float]:
+    """Training cost of a run from its metrics: steps, epochs, wall seconds, median images/s.
+
+    Wall seconds = sum over evaluation windows of (images in the window / images/s), i.e. the time
+    spent in training steps, without evaluations and data preparation.
+    """
+    metrics = load_metrics(run_dir)
+    run = json.loads((Path(run_dir) / "run.json").read_text()) if (Path(run_dir) / "run.json").is_file() else {}
+    batch = run.get("config", {}).get("batch_size", float("nan"))
+    steps = metrics["step"].diff().fillna(metrics["step"].iloc[0])
+    seconds = float((steps * batch / metrics["images_per_s"]).sum())
+    return {"steps": int(metrics["step"].iloc[-1]), "epochs": float(metrics["epoch"].iloc[-1]),
+            "train_seconds": seconds, "images_per_s": float(metrics["images_per_s"].median())}
+
+
+def plot_learning_curves(metrics: pd.DataFrame, path: str | os.PathLike[str], *, title: str) -> Path:
+    """Train loss (left) and train/validation error (right) against epoch, one colour per run.
+
+    ``metrics``: :func:`load_metrics` tables concatenated. Writes a PNG atomically; returns its path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, error_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for index, (run, rows) in enumerate(metrics.groupby("run", sort=False)):
+        colour = f"C{index}"
+        loss_ax.plot(rows["epoch"], rows["train_loss"], color=colour, label=run)
+        error_ax.plot(rows["epoch"], 100 * rows["train_error"], color=colour, linestyle=":", label=f"{run} train")
+        for column, style, name in (("validation_error", "-", "validation"),
+                                    ("validation_novel_error", "--", "validation (novel views)")):
+            if column in rows and rows[column].notna().any():
+                error_ax.plot(rows["epoch"], 100 * rows[column], color=colour, linestyle=style, marker=".",
+                              label=f"{run} {name}")
+    loss_ax.set(xlabel="epoch", ylabel="training loss (spread for capsules, CE for cnn)", yscale="log")
+    error_ax.set(xlabel="epoch", ylabel="error (%)", yscale="log")
+    for ax in (loss_ax, error_ax):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
