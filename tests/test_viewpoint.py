@@ -1,0 +1,289 @@
+"""Viewpoint generalisation (paper §5.1, Table 2): distances, binning, the matching rule, kept
+checkpoints, extrapolation views and the `capsrobust viewpoint-split` command end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from capsrobust import training
+from capsrobust.checkpoints import load_checkpoint
+from capsrobust.data.prepared import prepare_data
+from capsrobust.data.synthnorb import is_complete, make_grid, render_dataset
+from capsrobust.errors import ConfigError, DataError
+from capsrobust.evaluation.viewpoint import (PAPER, VALIDATION, angular_distance_to_familiar, ensure_extrapolation_set,
+                                             error_by_distance, get_budget, select_matched_checkpoint,
+                                             viewpoint_experiment)
+from capsrobust.paths import CACHE_ENV
+from capsrobust.training import TrainConfig, TrainingInterrupted, model_from_checkpoint, train
+from capsrobust_cli.main import cli
+from tests.conftest import write_dataset
+from tests.test_cli_data import assert_one_line_error
+
+# Info azimuths 0, 2 (0°, 20°: familiar) and 10, 18 (100°, 180°: novel); elevation indices 0, 4 (30°, 50°).
+TINY_VIEWS = {"azimuths": (0, 2, 10, 18), "elevations": (0, 4)}
+TINY_BUDGET = ["--budget", "quick", "--seeds", "1", "--no-extrapolation", "--steps", "4", "--batch-size", "8",
+               "--eval-every", "2", "--iterations", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("viewpoint") / "data", size=16, **TINY_VIEWS)
+
+
+@pytest.fixture(scope="module")
+def first_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One CLI run of the azimuth experiment on the tiny dataset: (output directory, output)."""
+    out = tmp_path_factory.mktemp("viewpoint-out") / "azimuth"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("viewpoint-cache")))
+        result = CliRunner().invoke(cli, ["viewpoint-split", "azimuth", "--data-dir", str(data_dir), "--out", str(out),
+                                          *TINY_BUDGET])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def meta(**columns: list[int]) -> pd.DataFrame:
+    n = len(next(iter(columns.values())))
+    return pd.DataFrame({"azimuth": [0] * n, "elevation": [30] * n, **columns})
+
+
+# ----------------------------------------------------------------------------------------------
+# Distances and bins
+
+
+def test_azimuth_distance_is_circular_to_the_nearest_familiar_azimuth() -> None:
+    azimuths = [0, 40, 60, 100, 170, 180, 280, 300, 340, 350, 10]
+    distances = angular_distance_to_familiar(meta(azimuth=azimuths), "azimuth")
+    # Familiar: 300, 320, 340, 0, 20, 40. 180° is 120° from 300°; 350° is 10° from 0° across the wrap.
+    assert distances.tolist() == [0, 0, 20, 60, 130, 120, 20, 0, 0, 10, 10]
+
+
+def test_elevation_distance_is_to_the_nearest_familiar_elevation() -> None:
+    distances = angular_distance_to_familiar(meta(elevation=[30, 35, 40, 45, 70, 0, 25, 85]), "elevation")
+    assert distances.tolist() == [0, 0, 0, 5, 30, 30, 5, 45]
+
+
+def test_distance_needs_a_split_with_novel_views() -> None:
+    with pytest.raises(ConfigError, match="azimuth or elevation"):
+        angular_distance_to_familiar(meta(azimuth=[0]), "full")
+
+
+def test_error_by_distance_counts_and_errors_per_bin() -> None:
+    distances = np.array([0, 0, 10, 20, 35, 60, 79])
+    labels = np.array([0, 1, 2, 3, 4, 0, 1])
+    predictions = np.array([0, 1, 0, 3, 0, 1, 1])  # wrong: rows 2 (bin 0), 4 (bin 20), 5 (bin 60)
+    table = error_by_distance(predictions, labels, distances, bin_width=20)
+    assert table["distance_from"].tolist() == [0, 20, 60]  # the empty 40-60 bin is absent
+    assert table["distance_to"].tolist() == [20, 40, 80]
+    assert table["n"].tolist() == [3, 2, 2]
+    assert table["error"].tolist() == pytest.approx([1 / 3, 1 / 2, 1 / 2])
+    assert table["mean_distance"].tolist() == pytest.approx([10 / 3, 27.5, 69.5])
+
+
+# ----------------------------------------------------------------------------------------------
+# The matching rule
+
+
+CANDIDATES = pd.DataFrame({"step": [30, 10, 20, 40, 50], "familiar_error": [0.20, 0.50, 0.30, 0.25, 0.20]})
+
+
+def test_matching_picks_the_first_checkpoint_at_or_below_the_target() -> None:
+    choice = select_matched_checkpoint(CANDIDATES, target=0.30)
+    assert choice == {"step": 20, "familiar_error": 0.30, "target": 0.30, "matched": True}  # equality counts
+
+
+def test_matching_ignores_later_and_better_checkpoints_once_one_reaches_the_target() -> None:
+    assert select_matched_checkpoint(CANDIDATES, target=0.22)["step"] == 30  # not 50, though equally good
+
+
+def test_matching_falls_back_to_the_lowest_error_and_says_so() -> None:
+    choice = select_matched_checkpoint(CANDIDATES, target=0.10)
+    assert choice["step"] == 30 and choice["familiar_error"] == 0.20  # earliest of the tied best
+    assert choice["matched"] is False
+
+
+# ----------------------------------------------------------------------------------------------
+# Kept checkpoints
+
+
+def test_keep_checkpoints_saves_an_evaluation_only_checkpoint_at_every_evaluation(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    data = prepare_data(data_dir, "azimuth")
+    config = TrainConfig(model="cnn", split="azimuth", steps=4, batch_size=8, eval_every=2, keep_checkpoints=True)
+    train(config, tmp_path / "kept", data=data, progress=False, log=lambda _: None)
+    files = sorted(p.name for p in (tmp_path / "kept" / "checkpoints").iterdir())
+    assert files == ["step-2.pt", "step-4.pt"]
+    for step in (2, 4):
+        checkpoint = load_checkpoint(tmp_path / "kept" / "checkpoints" / f"step-{step}.pt")
+        assert checkpoint["step"] == step and checkpoint["resumable"] is False
+        assert "optimizer_state" not in checkpoint
+        model_from_checkpoint(checkpoint)  # rebuilds and loads
+    final = load_checkpoint(tmp_path / "kept" / "last.pt")["model_state"]
+    kept = load_checkpoint(tmp_path / "kept" / "checkpoints" / "step-4.pt")["model_state"]
+    assert all(final[k].equal(kept[k]) for k in final)
+
+    train(TrainConfig(model="cnn", split="azimuth", steps=2, batch_size=8, eval_every=2), tmp_path / "default",
+          data=data, progress=False, log=lambda _: None)
+    assert not (tmp_path / "default" / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# The command end to end
+
+
+def test_cli_writes_table2_for_both_models_and_protocols(first_run: tuple[Path, str]) -> None:
+    out, output = first_run
+    for name in ("table2.md", "table2.csv", "per_seed.csv", "distance.csv", "distance.md", "error_vs_distance.png",
+                 "provenance.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "error_vs_distance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    per_seed = pd.read_csv(out / "per_seed.csv")
+    assert sorted(zip(per_seed["protocol"], per_seed["model"])) == sorted(
+        (p, m) for p in (VALIDATION, PAPER) for m in ("cnn", "capsules-small"))
+    assert set(per_seed["dataset"]) == {"smallNORB"} and set(per_seed["mode"]) == {"stereo"}
+    assert per_seed[["familiar_error", "novel_error"]].notna().all().all()
+    caps = per_seed[per_seed["model"] == "capsules-small"]
+    assert all((out / path).is_file() for path in caps["checkpoint"])  # chosen among the kept step files
+    assert set(caps["step"]) <= {2, 4}
+
+    table2 = pd.read_csv(out / "table2.csv")
+    assert set(table2["protocol"]) == {VALIDATION, PAPER}
+    assert set(table2["views"]) == {"familiar", "novel"}
+    novel = table2[table2["views"] == "novel"].iloc[0]
+    assert novel["relative_reduction"] == pytest.approx(1 - novel["capsules_error_mean"] / novel["cnn_error_mean"])
+    assert table2["paper_smallNORB_cnn_error"].tolist()[:2] == [0.037, 0.2]
+
+    markdown = (out / "table2.md").read_text()
+    assert "azimuth split — smallNORB (stereo)" in markdown.splitlines()[0]
+    assert "## Paper (smallNORB)" in markdown and "capsules-small error %" in markdown
+    assert "smallNORB (stereo)" in output
+
+    distance = pd.read_csv(out / "distance.csv")
+    assert sorted(set(distance["distance_from"])) == [0, 60, 120]  # 0°/20° familiar; 100° -> 60°; 180° -> 120°
+    cnn = distance[(distance["model"] == "cnn") & (distance["protocol"] == VALIDATION)]
+    assert cnn["n"].sum() == 400  # every test image once
+
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["seeds"] == [0] and record["dataset"] == "smallNORB" and len(record["dataset_checksum"]) == 64
+    assert record["budget"]["cnn_steps"] == 4
+    assert {c["sha256"] for c in record["checkpoints"]} and all(len(c["sha256"]) == 64 for c in record["checkpoints"])
+    assert "viewpoint-split azimuth" in record["command"]
+
+
+def test_rerun_with_reuse_does_not_retrain(first_run: tuple[Path, str], data_dir: Path) -> None:
+    out, _ = first_run
+    runs = sorted((out / "runs").iterdir())
+    assert [r.name for r in runs] == ["capsules-small-seed0", "cnn-seed0"]
+    before = {r.name: ((r / "metrics.jsonl").read_bytes(), (r / "last.pt").stat().st_mtime_ns) for r in runs}
+    per_seed_before = pd.read_csv(out / "per_seed.csv")
+
+    result = CliRunner().invoke(cli, ["viewpoint-split", "azimuth", "--data-dir", str(data_dir), "--out", str(out),
+                                      *TINY_BUDGET, "--reuse"])
+    assert result.exit_code == 0, result.output
+    after = {r.name: ((r / "metrics.jsonl").read_bytes(), (r / "last.pt").stat().st_mtime_ns) for r in runs}
+    assert after == before
+    assert [r["action"] for r in json.loads((out / "provenance.json").read_text())["runs"]] == ["reused", "reused"]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "per_seed.csv"), per_seed_before)
+
+
+def test_rerun_without_reuse_is_refused(first_run: tuple[Path, str], data_dir: Path) -> None:
+    out, _ = first_run
+    result = CliRunner().invoke(cli, ["viewpoint-split", "azimuth", "--data-dir", str(data_dir), "--out", str(out),
+                                      *TINY_BUDGET])
+    assert_one_line_error(result, "already holds a run", "--reuse")
+
+
+def test_reuse_with_another_budget_is_refused(first_run: tuple[Path, str], data_dir: Path) -> None:
+    out, _ = first_run
+    args = ["viewpoint-split", "azimuth", "--data-dir", str(data_dir), "--out", str(out), *TINY_BUDGET, "--reuse"]
+    args[args.index("--steps") + 1] = "6"
+    assert_one_line_error(CliRunner().invoke(cli, args), "steps=4", "another --out")
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["viewpoint-split", "full"], ("unknown viewpoint split 'full'", "azimuth or elevation")),
+    (["viewpoint-split", "azimuth", "--budget", "huge"], ("unknown budget 'huge'", "quick")),
+    (["viewpoint-split", "azimuth", "--seeds", "0"], ("--seeds must be at least 1",)),
+])
+def test_bad_split_or_option_is_a_one_line_error(args: list[str], fragments: tuple[str, ...]) -> None:
+    assert_one_line_error(CliRunner().invoke(cli, args), *fragments)
+
+
+def test_bad_mode_and_capsule_model_are_one_line_errors(data_dir: Path, tmp_path: Path) -> None:
+    base = ["viewpoint-split", "elevation", "--data-dir", str(data_dir), "--out", str(tmp_path), *TINY_BUDGET]
+    assert_one_line_error(CliRunner().invoke(cli, [*base, "--mode", "colour"]), "unknown input mode 'colour'")
+    assert_one_line_error(CliRunner().invoke(cli, [*base, "--capsule-model", "cnn"]), "--capsule-model must be")
+    assert_one_line_error(CliRunner().invoke(cli, [*base, "--extrapolation"]), "only for synthnorb")
+
+
+def test_help_teaches_with_examples() -> None:
+    result = CliRunner().invoke(cli, ["viewpoint-split", "--help"])
+    assert result.exit_code == 0
+    assert "Examples:" in result.output and "capsrobust viewpoint-split azimuth --budget quick" in result.output
+    assert "viewpoint-split" in CliRunner().invoke(cli, ["--help"]).output
+
+
+# ----------------------------------------------------------------------------------------------
+# Interrupted experiments and extrapolation views
+
+
+def test_an_interrupted_training_is_resumed_and_finished_ones_reused(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    budget = get_budget("quick").with_overrides(steps=4, batch_size=8, eval_every=2, iterations=1)
+    kwargs = dict(data_dir=data_dir, seeds=[0], budget=budget, extrapolation=False, progress=False, log=lambda _: None)
+    # Stop the CNN after step 2 as Ctrl-C would (the loop's own test hook), with last.pt at step 2.
+    monkeypatch.setattr(training, "_PAUSE_AFTER_STEP", 2)
+    monkeypatch.setattr(training, "_pause_until_interrupted", lambda sigint: setattr(sigint, "raised", True))
+    with pytest.raises(TrainingInterrupted):
+        viewpoint_experiment("elevation", tmp_path, **kwargs)
+    monkeypatch.setattr(training, "_PAUSE_AFTER_STEP", -1)
+    assert load_checkpoint(tmp_path / "runs" / "cnn-seed0" / "last.pt")["step"] == 2
+
+    result = viewpoint_experiment("elevation", tmp_path, reuse=True, **kwargs)
+    assert [r["action"] for r in result.runs] == ["resumed", "trained"]
+    metrics = (tmp_path / "runs" / "cnn-seed0" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in metrics]
+    assert steps == [2, 4]
+    again = viewpoint_experiment("elevation", tmp_path, reuse=True, **kwargs)
+    assert [r["action"] for r in again.runs] == ["reused", "reused"]
+    pd.testing.assert_frame_equal(again.per_seed, result.per_seed)
+
+
+def test_extrapolation_set_is_rendered_once_and_scored_on_test_toys(tmp_path: Path) -> None:
+    synth = render_dataset(tmp_path / "synth", azimuths=[0, 100], elevations=[30], lightings=[0], progress=False)
+    grid = make_grid([10, 90], [30], [0])  # two odd-10° azimuths: 10° and 50° from the nearest familiar one
+    views = ensure_extrapolation_set("azimuth", seed=0, grid=grid, cache_dir=tmp_path / "cache", progress=False,
+                                     log=lambda _: None)
+    assert is_complete(views, seed=0, grid=grid) and views.parent.parent == tmp_path / "cache"
+    stamp = (views / "synthnorb-manifest.json").stat().st_mtime_ns
+    assert ensure_extrapolation_set("azimuth", seed=0, grid=grid, cache_dir=tmp_path / "cache", progress=False,
+                                    log=lambda _: None) == views
+    assert (views / "synthnorb-manifest.json").stat().st_mtime_ns == stamp  # not rendered again
+
+    budget = get_budget("quick").with_overrides(steps=2, batch_size=8, eval_every=2, iterations=1)
+    result = viewpoint_experiment("azimuth", tmp_path / "out", data_dir=synth, seeds=[0], budget=budget,
+                                  extrapolation_dir=views, progress=False, log=lambda _: None)
+    assert result.per_seed["extrapolation_error"].notna().all()
+    assert result.extrapolation is not None and result.extrapolation["azimuths_deg"] == [10, 90]
+    extra = result.distance[(result.distance["views"] == "extrapolation") & (result.distance["model"] == "cnn")
+                            & (result.distance["protocol"] == VALIDATION)]
+    assert extra["mean_distance"].tolist() == [10.0, 50.0]
+    assert extra["n"].tolist() == [25, 25]  # 25 test toys per view (the training toys are not scored)
+
+
+def test_extrapolation_render_of_another_seed_is_refused(tmp_path: Path) -> None:
+    synth = render_dataset(tmp_path / "synth", azimuths=[0, 100], elevations=[30], lightings=[0], progress=False)
+    other = render_dataset(tmp_path / "other", seed=1, azimuths=[10], elevations=[30], lightings=[0], progress=False)
+    with pytest.raises(DataError, match="seed 1.*the toys would differ"):
+        viewpoint_experiment("azimuth", tmp_path / "out", data_dir=synth, seeds=[0], budget="quick",
+                             extrapolation_dir=other, progress=False, log=lambda _: None)
+    assert not (tmp_path / "out" / "runs").exists()  # refused before any training
