@@ -20,10 +20,15 @@ Measure speed and memory on this machine.
     the speedup ratios -- ratios are robust to a busy CPU, absolute numbers are not;
   - EM routing alone on ConvCaps1-sized votes, fast vs straightforward.
 
+`bench data` times synthnorb rendering; `bench attacks` times the FGSM + BIM + PGD sweep on
+the trained models.
+
 \b
 Examples:
   capsrobust bench models                 # full run (minutes on 2 cores)
   capsrobust bench models --quick --json  # a short run, machine-readable
+  capsrobust bench data                   # render speed, extrapolated to the full dataset
+  capsrobust bench attacks --n 100        # attack sweep time on the latest trained models
 """
 
 
