@@ -26,7 +26,8 @@ _MARKERS = {"fgsm": "o", "bim": "s", "pgd": "^", "apgd": "v", "autoattack": "D",
             "worst-case": None}
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -58,10 +59,11 @@ def _lines(ax: Any, rows: pd.DataFrame, value: str, scale: float = 1.0, offset: 
                 marker=_MARKERS.get(attack), markersize=4, linewidth=1.6 if attack != "worst-case" else 2.2)
 
 
-def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Render ``fig`` to PNG in memory, close it and write ``path`` atomically."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=130, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -76,7 +78,7 @@ def plot_accuracy_vs_eps(table: pd.DataFrame, path: str | os.PathLike[str], *, d
     if rows.empty:
         raise ValueError("no untargeted rows to plot")
     dataset = dataset or str(rows.dataset.iloc[0])
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     _lines(ax, rows, "adversarial_error", scale=-1.0, offset=1.0)
     ax.axhline(1.0 / n_classes, color="gray", linewidth=0.8, linestyle=":", label=f"chance ({1 / n_classes:.0%})")
@@ -88,7 +90,7 @@ def plot_accuracy_vs_eps(table: pd.DataFrame, path: str | os.PathLike[str], *, d
     n = int(rows.n.iloc[0])
     ax.set_title(f"Untargeted attacks on {dataset}: accuracy vs ε (n = {n} test images)")
     ax.legend(fontsize=8, ncol=2, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_targeted_success(table: pd.DataFrame, path: str | os.PathLike[str], *, dataset: str | None = None) -> Path:
@@ -98,7 +100,7 @@ def plot_targeted_success(table: pd.DataFrame, path: str | os.PathLike[str], *, 
     if rows.empty:
         raise ValueError("no targeted rows to plot")
     dataset = dataset or str(rows.dataset.iloc[0])
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     _lines(ax, rows, "attack_success_rate")
     ax.set_xlabel("ε (L∞ radius, pixel units of images in [0, 1])")
@@ -109,4 +111,4 @@ def plot_targeted_success(table: pd.DataFrame, path: str | os.PathLike[str], *, 
     n = int(rows.n.iloc[0])
     ax.set_title(f"Targeted attacks on {dataset}: success vs ε (n = {n} test images)")
     ax.legend(fontsize=8, ncol=2, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 import platform
 import shlex
@@ -12,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["git_commit", "provenance", "versions"]
+__all__ = ["file_sha256", "git_commit", "provenance", "versions"]
 
 _PACKAGES = ("capsrobust", "torch", "torchvision", "torchattacks", "numpy", "pandas", "click")
 
@@ -28,6 +29,15 @@ def git_commit(cwd: str | os.PathLike[str] | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return sha + ("+dirty" if dirty else "")
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    """SHA-256 hex digest of a file's bytes, read in chunks (checkpoints, rendered data files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def versions() -> dict[str, str]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from pathlib import Path
 
@@ -28,16 +25,6 @@ Examples:
 """
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 @click.command(help=EVALUATE_HELP)
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--split", type=str, default=None, help="Viewpoint protocol [default: the one each was trained on].")
@@ -54,8 +41,8 @@ def evaluate(checkpoints: tuple[Path, ...], split: str | None, data_dir: Path | 
     from capsrobust.checkpoints import load_checkpoint
     from capsrobust.evaluation.checkpoint_eval import evaluate_checkpoint
     from capsrobust.evaluation.learning_curves import load_metrics, plot_learning_curves, run_summary
-    from capsrobust.provenance import provenance
-    from capsrobust.reporting import to_markdown
+    from capsrobust.provenance import file_sha256, provenance
+    from capsrobust.reporting import atomic_write_text, to_markdown, write_csv, write_json
 
     start = time.perf_counter()
     crops = (False, True) if both_crops else (multi_crop,)
@@ -67,7 +54,7 @@ def evaluate(checkpoints: tuple[Path, ...], split: str | None, data_dir: Path | 
             table.insert(1, "checkpoint", f"{path.parent.name}/{path.name}")
             table.insert(2, "step", table.attrs["step"])
             tables.append(table)
-        records.append({"path": str(path), "sha256": _sha256(path), "model": checkpoint["model"],
+        records.append({"path": str(path), "sha256": file_sha256(path), "model": checkpoint["model"],
                         "step": checkpoint["step"], "seed": checkpoint["config"].get("seed"),
                         "dataset": checkpoint["dataset"], "mode": checkpoint["mode"],
                         "dataset_checksum": checkpoint["dataset_checksum"],
@@ -85,16 +72,15 @@ def evaluate(checkpoints: tuple[Path, ...], split: str | None, data_dir: Path | 
     runs = [p.parent for p in checkpoints]
     costs = pd.DataFrame([{"run": r.name, **run_summary(r)} for r in dict.fromkeys(runs)])
     costs_shown = costs.assign(train_hours=(costs["train_seconds"] / 3600).round(2)).drop(columns="train_seconds")
-    _write_atomic(out / "test-error.md",
+    atomic_write_text(out / "test-error.md",
                   f"# Test error on {', '.join(datasets)}\n\n{to_markdown(shown, float_digits=2)}\n\n"
                   f"## Training cost (time in training steps, from metrics.jsonl)\n\n{to_markdown(costs_shown)}\n\n"
                   "Written by the command in provenance.json. error_% = 100 x fraction misclassified; crops = 1: "
                   "centre 32x32 crop, 13: the paper's multi-crop test.\n")
-    table.to_csv(out / ".test-error.csv.tmp", index=False)
-    os.replace(out / ".test-error.csv.tmp", out / "test-error.csv")
+    write_csv(table, out / "test-error.csv")
     metrics = pd.concat([load_metrics(r) for r in dict.fromkeys(runs)], ignore_index=True)
     plot_learning_curves(metrics, out / "learning-curves.png", title=f"Learning curves, {', '.join(datasets)}")
     record = provenance(checkpoints=records, dataset_checksums=sorted({r["dataset_checksum"] for r in records}),
                         seconds=round(time.perf_counter() - start, 1))
-    _write_atomic(out / "provenance.json", json.dumps(record, indent=2) + "\n")
+    write_json(out / "provenance.json", record)
     click.echo(f"wrote {out / 'test-error.md'}, test-error.csv, learning-curves.png, provenance.json")

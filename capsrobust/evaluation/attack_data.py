@@ -8,7 +8,6 @@ been trained on exactly this data (same dataset checksum), one model of each kin
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,9 @@ from capsrobust.checkpoints import load_checkpoint
 from capsrobust.data.prepared import PreparedData, prepare_data
 from capsrobust.data.transforms import center_crop
 from capsrobust.errors import CheckpointError, ConfigError
+from capsrobust.provenance import file_sha256
 
-__all__ = ["DEFAULT_RUN_ROOTS", "AttackSetup", "LoadedCheckpoint", "file_sha256", "find_default_checkpoints",
+__all__ = ["DEFAULT_RUN_ROOTS", "AttackSetup", "LoadedCheckpoint", "find_default_checkpoints",
            "load_attack_setup", "parse_eps", "sample_test_images"]
 
 #: Where ``capsrobust train`` puts run directories by default, and where results/ keeps them.
@@ -64,15 +64,6 @@ class AttackSetup:
     def dataset(self) -> str:
         """E.g. ``synthnorb (stereo)``: what every table and plot names."""
         return self.data.describe()
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parse_eps(text: str) -> tuple[float, ...]:

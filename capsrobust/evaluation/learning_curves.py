@@ -52,12 +52,9 @@ def plot_learning_curves(metrics: pd.DataFrame, path: str | os.PathLike[str], *,
 
     ``metrics``: :func:`load_metrics` tables concatenated. Writes a PNG atomically; returns its path.
     """
-    import matplotlib
+    from capsrobust.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (loss_ax, error_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (loss_ax, error_ax) = pyplot().subplots(1, 2, figsize=(11, 4.2))
     for index, (run, rows) in enumerate(metrics.groupby("run", sort=False)):
         colour = f"C{index}"
         loss_ax.plot(rows["epoch"], rows["train_loss"], color=colour, label=run)
@@ -74,9 +71,4 @@ def plot_learning_curves(metrics: pd.DataFrame, path: str | os.PathLike[str], *,
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

@@ -50,6 +50,7 @@ from capsrobust.errors import CheckpointError, ConfigError, DataError
 from capsrobust.evaluation.accuracy import predict_scores
 from capsrobust.evaluation.learning_curves import load_metrics
 from capsrobust.models import MODEL_NAMES
+from capsrobust.provenance import file_sha256
 
 __all__ = [
     "BIN_WIDTH", "BUDGETS", "PAPER_TABLE2", "PROTOCOLS", "ViewpointBudget", "ViewpointResult",
@@ -417,14 +418,6 @@ def _error(predictions: np.ndarray, labels: np.ndarray, mask: np.ndarray | None 
     return float(np.mean(predictions != labels)) if len(labels) else float("nan")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ----------------------------------------------------------------------------------------------
 # The experiment
 
@@ -542,7 +535,7 @@ def viewpoint_experiment(
         trained_steps = {CNN: int(cnn_best["total_steps"])}
         cnn_path = cnn_dir / "best.pt"
         checkpoints.append({"role": "cnn best (both protocols)", "seed": seed, "path": str(cnn_path),
-                            "step": int(cnn_best["step"]), "sha256": _sha256(cnn_path)})
+                            "step": int(cnn_best["step"]), "sha256": file_sha256(cnn_path)})
         caps_predictions: dict[int, dict[str, np.ndarray]] = {}
         for name, choice in ((VALIDATION, validation_choice), (PAPER, paper_choice)):
             step = choice["step"]
@@ -553,7 +546,7 @@ def viewpoint_experiment(
                 if extra_set is not None:
                     caps_predictions[step]["extrapolation"] = _predict(checkpoint, extra_set.images)
             checkpoints.append({"role": f"{capsule_model} matched ({name})", "seed": seed, "path": str(step_path[step]),
-                                "step": step, "sha256": _sha256(step_path[step])})
+                                "step": step, "sha256": file_sha256(step_path[step])})
             cnn_matching_error = validation_target if name == VALIDATION else cnn_familiar_error
             entries = (
                 (CNN, cnn_path, int(cnn_best["step"]), float("nan"), cnn_matching_error, None, cnn_predictions),
@@ -711,11 +704,9 @@ def plot_error_vs_distance(distance: pd.DataFrame, path: str | os.PathLike[str],
 
     ``distance``: :func:`viewpoint_experiment`'s per-seed distance table. Writes a PNG atomically.
     """
-    import matplotlib
+    from capsrobust.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     summary = distance_summary(distance)
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     for index, (series, rows) in enumerate(summary.groupby("series", sort=False)):
@@ -731,13 +722,7 @@ def plot_error_vs_distance(distance: pd.DataFrame, path: str | os.PathLike[str],
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ a subset of the grid reproduces exactly the matching rows of the full dataset.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict
@@ -35,6 +34,7 @@ from capsrobust.data.synthnorb.camera import DEFAULT_RIG
 from capsrobust.data.synthnorb.render import LIGHTINGS, finish, render_views
 from capsrobust.data.synthnorb.toys import ARCHETYPES, CATEGORIES, build_toy
 from capsrobust.errors import ConfigError
+from capsrobust.provenance import file_sha256
 
 __all__ = [
     "FULL_AZIMUTHS",
@@ -191,14 +191,6 @@ def file_prefix(split: str, grid: Grid) -> str:
     return f"synthnorb-{dims}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _clear_old(out_dir: Path) -> None:
     """Remove a previous synthnorb render (any grid) so one directory holds one dataset."""
     for path in out_dir.iterdir():
@@ -225,7 +217,7 @@ def write_dataset(
         for kind, array in zip(("dat", "cat", "info"), arrays):
             path = out / f"{file_prefix(split, grid)}-{split}-{kind}.mat"
             norb_format.write(path, array)
-            files[path.name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+            files[path.name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
         del arrays
     manifest = {
         "dataset": "synthnorb",
