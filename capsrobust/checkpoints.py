@@ -8,14 +8,15 @@ everything needed to rebuild the model (name and configuration) and to resume tr
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from capsrobust.errors import CheckpointError
+from capsrobust.files import atomic_write_bytes
 
 __all__ = ["FORMAT", "check_compatible", "evaluation_only", "load_checkpoint", "save_checkpoint"]
 
@@ -31,21 +32,9 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
 
     A crash at any moment leaves either the previous checkpoint or the new one, never a torn file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"format": FORMAT, "version": VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def evaluation_only(checkpoint: dict[str, Any]) -> dict[str, Any]:

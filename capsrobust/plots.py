@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from capsrobust.reporting import atomic_write_bytes
+from capsrobust.files import atomic_write_bytes
 
 __all__ = ["plot_accuracy_vs_eps", "plot_targeted_success"]
 

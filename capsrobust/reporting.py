@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from capsrobust.files import atomic_write_bytes
 
 
 def _cell(value: object, float_digits: int) -> str:
@@ -41,23 +42,6 @@ def to_markdown(table: pd.DataFrame, float_digits: int = 2) -> str:
 # ----------------------------------------------------------------------------------------------
 # Files: every result file is written atomically (temp file in the same directory + os.replace),
 # so a crash or Ctrl-C leaves the previous version or the new one, never half a table.
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (parent directories created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
