@@ -9,6 +9,7 @@ import click
 
 from capsrobust.data.splits import SPLITS
 from capsrobust.models import MODEL_NAMES
+from capsrobust_cli.errors import UserError
 
 
 @click.command()
@@ -32,11 +33,18 @@ from capsrobust.models import MODEL_NAMES
 @click.option("--eval-every", type=int, default=0, help="Steps between evaluations [default: once per epoch].")
 @click.option("--checkpoint-every", type=int, default=0, help="Steps between checkpoints [default: each evaluation].")
 @click.option("--iterations", type=int, default=None, help="EM routing iterations (capsule models) [default: 3].")
+@click.option("--lambda-scale", type=float, default=None,
+              help="Capsule models: multiply every layer's EM inverse temperature (1 = official) [default: 1].")
+@click.option("--transform-init", type=click.Choice(["identity", "normal"]), default=None,
+              help="Capsule models: start each 4x4 transform at I + noise or at random [default: identity].")
+@click.option("--max-eval-examples", type=int, default=0, show_default=True,
+              help="Evaluate on at most this many examples of each validation set (0: all).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (metrics are still printed and logged).")
 def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: int | None, epochs: float | None,
           batch_size: int, lr: float, seed: int, out_dir: Path | None, resume: bool,
           target_familiar_error: float | None, eval_every: int, checkpoint_every: int,
-          iterations: int | None, no_progress: bool) -> None:
+          iterations: int | None, lambda_scale: float | None, transform_init: str | None,
+          max_eval_examples: int, no_progress: bool) -> None:
     """Train a model; checkpoints, metrics and provenance go to the run directory.
 
     Data-parallel: the same command under torchrun (gloo on CPUs, nccl on GPUs), e.g.
@@ -57,13 +65,20 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
     from capsrobust.training import TrainConfig, TrainingInterrupted
     from capsrobust.training import train as run_training
 
-    overrides = {} if iterations is None else {"iterations": iterations}
+    capsule_options = {"iterations": iterations, "lambda_scale": lambda_scale, "transform_init": transform_init}
+    overrides = {key: value for key, value in capsule_options.items() if value is not None}
     if overrides and model_name == "cnn":
-        raise click.UsageError("--iterations applies to capsule models only")
+        raise UserError("--iterations, --lambda-scale and --transform-init apply to capsule models only; "
+                        "drop them or choose --model capsules/capsules-small")
+    if lambda_scale is not None and not lambda_scale > 0:
+        raise UserError(f"--lambda-scale must be positive (1 = official), got {lambda_scale}")
+    if max_eval_examples < 0:
+        raise UserError(f"--max-eval-examples must be 0 (all) or positive, got {max_eval_examples}")
     config = TrainConfig(model=model_name, split=split, data_dir=str(data_dir) if data_dir else None, mode=mode,
                          steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          target_familiar_error=target_familiar_error, eval_every=eval_every,
-                         checkpoint_every=checkpoint_every, model_overrides=overrides)
+                         checkpoint_every=checkpoint_every, max_eval_examples=max_eval_examples,
+                         model_overrides=overrides)
     out = out_dir or Path("runs") / f"{model_name}-{split}-seed{seed}"
     try:
         result = run_training(config, out, resume=resume, progress=not no_progress, log=lambda m: click.echo(m, err=True))

@@ -87,3 +87,44 @@ def test_coordinate_addition_uses_receptive_field_centres():
     # ConvCaps2 position p sits on input pixel 4p + 8 (the net is 32 -> 14 -> 14 -> 6 -> 4)
     assert centres[0, 0].tolist() == pytest.approx([8.5 / 32, 8.5 / 32])
     assert centres[3, 1].tolist() == pytest.approx([20.5 / 32, 12.5 / 32])
+
+
+def _pose_std_after_conv_caps(model: MatrixCapsNet, images: torch.Tensor) -> tuple[float, float]:
+    with torch.no_grad():
+        poses, acts = model.primary_caps(torch.relu(model.conv1(model.standardise(images))))
+        deep, _ = model.conv_caps2(*model.conv_caps1(poses, acts))
+    return poses.std().item(), deep.std().item()
+
+
+def test_identity_transform_init_keeps_more_pose_scale_than_random_init():
+    images = torch.rand(4, 2, 32, 32)
+    ratios = {}
+    for init in ("identity", "normal"):
+        torch.manual_seed(0)
+        primary, deep = _pose_std_after_conv_caps(build_model("capsules-small", transform_init=init), images)
+        ratios[init] = deep / primary
+    assert ratios["identity"] > 1.5 * ratios["normal"]
+
+
+def test_identity_transform_init_starts_near_the_identity():
+    torch.manual_seed(0)
+    weight = build_model("capsules-small").conv_caps1.weight  # default: identity
+    assert (weight.mean(dim=(0, 1)) - torch.eye(4)).abs().max() < 0.05
+
+
+def test_unknown_transform_init_is_rejected():
+    with pytest.raises(ValueError, match="transform_init"):
+        build_model("capsules-small", transform_init="xavier")
+
+
+def test_lambda_scale_reaches_every_routed_layer():
+    seen = []
+
+    def spy(*args, lambda_scale=1.0, **kwargs):
+        seen.append(lambda_scale)
+        return naive_em_routing(*args, lambda_scale=lambda_scale, **kwargs)
+
+    model = build_model("capsules-small", A=4, B=2, C=2, D=2, lambda_scale=10.0, routing=spy)
+    model(torch.rand(1, 2, 32, 32))
+    # ConvCaps1, ConvCaps2 at 10x; the class layer at 10x the official quarter
+    assert seen == pytest.approx([10.0, 10.0, 2.5])

@@ -16,6 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from capsrobust.checkpoints import load_checkpoint, save_checkpoint
+from capsrobust.training import model_from_checkpoint
 from capsrobust.errors import CheckpointError
 from capsrobust_cli.main import cli
 from tests.conftest import write_dataset
@@ -274,3 +275,26 @@ def test_data_parallel_run_under_torchrun_resumes_exactly(data_dir: Path, tmp_pa
     a, b = weights(straight / "last.pt"), weights(killed / "last.pt")
     for name in a:
         assert torch.equal(a[name], b[name]), f"{name} differs after a data-parallel resume"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--model", "cnn", "--lambda-scale", "2"], "capsule models only"),
+    (["--model", "cnn", "--transform-init", "normal"], "capsule models only"),
+    (["--lambda-scale", "0"], "--lambda-scale must be positive"),
+    (["--max-eval-examples", "-1"], "--max-eval-examples"),
+])
+def test_bad_capsule_options_are_one_line_errors(args: list[str], fragment: str) -> None:
+    assert_one_line_error(CliRunner().invoke(cli, ["train", *args]), fragment)
+
+
+def test_capsule_options_are_recorded_in_the_run(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "caps"
+    result = CliRunner().invoke(cli, ["train", "--model", "capsules-small", "--data-dir", str(data_dir), "--out",
+                                      str(out), "--steps", "1", "--batch-size", "2", "--lambda-scale", "10",
+                                      "--transform-init", "normal", "--max-eval-examples", "4", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["model_overrides"] == {"lambda_scale": 10.0, "transform_init": "normal"}
+    assert config["max_eval_examples"] == 4
+    model = model_from_checkpoint(load_checkpoint(out / "last.pt"))
+    assert model.conv_caps1.lambda_scale == 10.0

@@ -33,6 +33,10 @@ class MatrixCapsNet(nn.Module):
     -> ConvCaps 3x3/1 (D) -> ClassCaps with coordinate addition. Scores are class-capsule
     activations in (0, 1), not logits (``score_kind = "activation"``); use
     :meth:`forward_with_poses` for the class poses as well.
+
+    ``schedule``/``normalisation`` choose the EM-routing variant (:func:`em_routing`);
+    ``lambda_scale`` multiplies every layer's inverse temperature (1 = official); ``transform_init``
+    is ``"identity"`` (default) or ``"normal"`` (see :data:`capsrobust.models.layers.TRANSFORM_INITS`).
     """
 
     score_kind = "activation"
@@ -49,10 +53,13 @@ class MatrixCapsNet(nn.Module):
         *,
         schedule: str = "official",
         normalisation: str = "official",
+        lambda_scale: float = 1.0,
+        transform_init: str = "identity",
         routing: RoutingFn = em_routing,
     ) -> None:
         super().__init__()
-        options = dict(schedule=schedule, normalisation=normalisation, routing=routing)
+        options = dict(schedule=schedule, normalisation=normalisation, lambda_scale=lambda_scale,
+                       transform_init=transform_init, routing=routing)
         self.standardise = PerImageStandardisation()
         self.conv1 = nn.Conv2d(in_channels, A, kernel_size=5, stride=2)  # 32 -> 14
         self.primary_caps = PrimaryCaps(A, B)
