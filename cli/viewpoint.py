@@ -77,11 +77,13 @@ def _command_line(ctx: click.Context, out: Path) -> str:
 @click.option("--eval-every", type=int, default=None,
               help="Override: steps between evaluations (= matching candidates) of both models.")
 @click.option("--iterations", type=int, default=None, help="EM routing iterations of the capsule net [default: 3].")
+@click.option("--lambda-scale", type=float, default=None,
+              help="Multiply the capsule net's EM inverse temperatures (1 = official) [default: 1].")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def viewpoint_split(split: str, data_dir: Path | None, mode: str, seeds: int, budget: str, capsule_model: str,
                     out_dir: Path | None, reuse: bool, extrapolation: bool | None, steps: int | None,
                     epochs: float | None, batch_size: int | None, eval_every: int | None, iterations: int | None,
-                    no_progress: bool) -> None:
+                    lambda_scale: float | None, no_progress: bool) -> None:
     """Viewpoint generalisation at matched familiar error (help text in VIEWPOINT_HELP)."""
     from capsrobust.errors import ConfigError
     from capsrobust.evaluation.viewpoint import (distance_markdown, get_budget, table2_markdown, viewpoint_experiment,
@@ -91,7 +93,8 @@ def viewpoint_split(split: str, data_dir: Path | None, mode: str, seeds: int, bu
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     chosen = get_budget(budget).with_overrides(steps=steps, epochs=epochs, batch_size=batch_size,
-                                               eval_every=eval_every, iterations=iterations)
+                                               eval_every=eval_every, iterations=iterations,
+                                               lambda_scale=lambda_scale)
     out = out_dir or Path("results") / "viewpoint" / split
     result = viewpoint_experiment(
         split, out, data_dir=data_dir, mode=mode, seeds=range(seeds), budget=chosen, capsule_model=capsule_model,

@@ -287,3 +287,13 @@ def test_extrapolation_render_of_another_seed_is_refused(tmp_path: Path) -> None
         viewpoint_experiment("azimuth", tmp_path / "out", data_dir=synth, seeds=[0], budget="quick",
                              extrapolation_dir=other, progress=False, log=lambda _: None)
     assert not (tmp_path / "out" / "runs").exists()  # refused before any training
+
+
+def test_budget_overrides_reach_the_capsule_config_only() -> None:
+    budget = get_budget("quick").with_overrides(iterations=2, lambda_scale=10.0)
+    assert budget.capsule_overrides == {"iterations": 2, "lambda_scale": 10.0}
+    caps = budget.train_config("capsules-small", split="azimuth", data_dir=None, mode="stereo", seed=0, n_train=64)
+    cnn = budget.train_config("cnn", split="azimuth", data_dir=None, mode="stereo", seed=0, n_train=64)
+    assert caps.model_overrides == {"iterations": 2, "lambda_scale": 10.0} and cnn.model_overrides == {}
+    with pytest.raises(ConfigError, match="--lambda-scale"):
+        get_budget("quick").with_overrides(lambda_scale=0.0)

@@ -189,7 +189,8 @@ class ViewpointBudget:
     extrapolation_lightings: tuple[int, ...] | None = None  # None: all six
 
     def with_overrides(self, *, steps: int | None = None, epochs: float | None = None, batch_size: int | None = None,
-                       eval_every: int | None = None, iterations: int | None = None) -> "ViewpointBudget":
+                       eval_every: int | None = None, iterations: int | None = None,
+                       lambda_scale: float | None = None) -> "ViewpointBudget":
         """This budget with the given values replacing its own (``steps``/``epochs`` apply to both models)."""
         changes: dict[str, Any] = {}
         if steps is not None:
@@ -214,6 +215,11 @@ class ViewpointBudget:
             if iterations < 1:
                 raise ConfigError(f"--iterations must be at least 1, got {iterations}")
             changes["capsule_overrides"] = {**self.capsule_overrides, "iterations": iterations}
+        if lambda_scale is not None:
+            if not lambda_scale > 0:
+                raise ConfigError(f"--lambda-scale must be positive (1 = official), got {lambda_scale}")
+            overrides = changes.get("capsule_overrides", self.capsule_overrides)
+            changes["capsule_overrides"] = {**overrides, "lambda_scale": lambda_scale}
         if not changes:
             return self
         return dataclasses.replace(self, name=f"{self.name} (overridden)", **changes)
