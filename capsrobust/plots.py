@@ -104,7 +104,7 @@ def plot_targeted_success(table: pd.DataFrame, path: str | os.PathLike[str], *, 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     _lines(ax, rows, "attack_success_rate")
     ax.set_xlabel("ε (L∞ radius, pixel units of images in [0, 1])")
-    ax.set_ylabel("targeted success (4 wrong classes; the paper averages all 5)")
+    ax.set_ylabel("targeted success rate\n(4 wrong classes; the paper averages all 5)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     _std_axis(ax, _mean_image_std(table))

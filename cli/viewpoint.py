@@ -73,6 +73,8 @@ def _command_line(ctx: click.Context, out: Path) -> str:
               help="Also test on views outside smallNORB's grid [default: on for synthnorb].")
 @click.option("--steps", type=int, default=None, help="Override the budget: total steps of each model.")
 @click.option("--epochs", type=float, default=None, help="Override the budget: epochs of each model.")
+@click.option("--cnn-steps", type=int, default=None, help="Override the budget: total steps of the CNN only.")
+@click.option("--capsule-steps", type=int, default=None, help="Override the budget: total steps of the capsule net only.")
 @click.option("--batch-size", type=int, default=None, help="Override the budget's batch size (32).")
 @click.option("--eval-every", type=int, default=None,
               help="Override: steps between evaluations (= matching candidates) of both models.")
@@ -82,8 +84,8 @@ def _command_line(ctx: click.Context, out: Path) -> str:
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def viewpoint_split(split: str, data_dir: Path | None, mode: str, seeds: int, budget: str, capsule_model: str,
                     out_dir: Path | None, reuse: bool, extrapolation: bool | None, steps: int | None,
-                    epochs: float | None, batch_size: int | None, eval_every: int | None, iterations: int | None,
-                    lambda_scale: float | None, no_progress: bool) -> None:
+                    epochs: float | None, cnn_steps: int | None, capsule_steps: int | None,
+                    batch_size: int | None, eval_every: int | None, iterations: int | None, lambda_scale: float | None, no_progress: bool) -> None:
     """Viewpoint generalisation at matched familiar error (help text in VIEWPOINT_HELP)."""
     from capsrobust.errors import ConfigError
     from capsrobust.evaluation.viewpoint import (distance_markdown, get_budget, table2_markdown, viewpoint_experiment,
@@ -94,7 +96,8 @@ def viewpoint_split(split: str, data_dir: Path | None, mode: str, seeds: int, bu
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     chosen = get_budget(budget).with_overrides(steps=steps, epochs=epochs, batch_size=batch_size,
                                                eval_every=eval_every, iterations=iterations,
-                                               lambda_scale=lambda_scale)
+                                               lambda_scale=lambda_scale, cnn_steps=cnn_steps,
+                                               capsule_steps=capsule_steps)
     out = out_dir or Path("results") / "viewpoint" / split
     result = viewpoint_experiment(
         split, out, data_dir=data_dir, mode=mode, seeds=range(seeds), budget=chosen, capsule_model=capsule_model,

@@ -297,3 +297,10 @@ def test_budget_overrides_reach_the_capsule_config_only() -> None:
     assert caps.model_overrides == {"iterations": 2, "lambda_scale": 10.0} and cnn.model_overrides == {}
     with pytest.raises(ConfigError, match="--lambda-scale"):
         get_budget("quick").with_overrides(lambda_scale=0.0)
+
+
+def test_per_model_step_overrides_apply_after_the_shared_ones() -> None:
+    budget = get_budget("full").with_overrides(steps=100, cnn_steps=30)
+    assert (budget.cnn_steps, budget.capsule_steps) == (30, 100)
+    with pytest.raises(ConfigError, match="--capsule-steps"):
+        get_budget("full").with_overrides(capsule_steps=0)

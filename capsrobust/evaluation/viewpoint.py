@@ -190,8 +190,10 @@ class ViewpointBudget:
 
     def with_overrides(self, *, steps: int | None = None, epochs: float | None = None, batch_size: int | None = None,
                        eval_every: int | None = None, iterations: int | None = None,
-                       lambda_scale: float | None = None) -> "ViewpointBudget":
-        """This budget with the given values replacing its own (``steps``/``epochs`` apply to both models)."""
+                       lambda_scale: float | None = None, cnn_steps: int | None = None,
+                       capsule_steps: int | None = None) -> "ViewpointBudget":
+        """This budget with the given values replacing its own (``steps``/``epochs`` apply to both models;
+        ``cnn_steps``/``capsule_steps`` to one, after them)."""
         changes: dict[str, Any] = {}
         if steps is not None:
             if steps < 1:
@@ -203,6 +205,11 @@ class ViewpointBudget:
             changes.update(cnn_epochs=epochs, capsule_epochs=epochs)
             if steps is None:
                 changes.update(cnn_steps=None, capsule_steps=None)
+        for key, value in (("cnn_steps", cnn_steps), ("capsule_steps", capsule_steps)):
+            if value is not None:
+                if value < 1:
+                    raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
+                changes[key] = value
         if batch_size is not None:
             if batch_size < 1:
                 raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
