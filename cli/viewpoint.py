@@ -85,7 +85,8 @@ def _command_line(ctx: click.Context, out: Path) -> str:
 def viewpoint_split(split: str, data_dir: Path | None, mode: str, seeds: int, budget: str, capsule_model: str,
                     out_dir: Path | None, reuse: bool, extrapolation: bool | None, steps: int | None,
                     epochs: float | None, cnn_steps: int | None, capsule_steps: int | None,
-                    batch_size: int | None, eval_every: int | None, iterations: int | None, lambda_scale: float | None, no_progress: bool) -> None:
+                    batch_size: int | None, eval_every: int | None, iterations: int | None,
+                    lambda_scale: float | None, no_progress: bool) -> None:
     """Viewpoint generalisation at matched familiar error (help text in VIEWPOINT_HELP)."""
     from capsrobust.errors import ConfigError
     from capsrobust.evaluation.viewpoint import (distance_markdown, get_budget, table2_markdown, viewpoint_experiment,
