@@ -68,10 +68,11 @@ def plot_learning_curves(metrics: pd.DataFrame, path: str | os.PathLike[str], *,
     error_ax.set(xlabel="epoch", ylabel="error (%)", yscale="log")
     from matplotlib.ticker import FuncFormatter, LogLocator
 
-    # Plain numbers on the log error axis ("5", "10", "20", "50"), not "5 x 10^0".
-    error_ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    error_ax.yaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
-    error_ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    # Plain numbers on the log axes ("0.2", "5", "10", "20", "50"), not "2 x 10^-1".
+    for ax in (loss_ax, error_ax):
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     for ax in (loss_ax, error_ax):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
