@@ -79,6 +79,11 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.target_familiar_error is not None and not 0 <= self.target_familiar_error <= 1:
             raise ConfigError(f"--target-familiar-error must be a fraction in [0, 1], got {self.target_familiar_error}")
+        if self.max_eval_examples < 0:
+            raise ConfigError(f"--max-eval-examples must be 0 (all) or positive, got {self.max_eval_examples}")
+        lambda_scale = self.model_overrides.get("lambda_scale")
+        if lambda_scale is not None and not lambda_scale > 0:
+            raise ConfigError(f"--lambda-scale must be positive (1 = official), got {lambda_scale}")
 
 
 class TrainingInterrupted(Exception):

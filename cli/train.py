@@ -70,10 +70,6 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
     if overrides and model_name == "cnn":
         raise UserError("--iterations, --lambda-scale and --transform-init apply to capsule models only; "
                         "drop them or choose --model capsules/capsules-small")
-    if lambda_scale is not None and not lambda_scale > 0:
-        raise UserError(f"--lambda-scale must be positive (1 = official), got {lambda_scale}")
-    if max_eval_examples < 0:
-        raise UserError(f"--max-eval-examples must be 0 (all) or positive, got {max_eval_examples}")
     config = TrainConfig(model=model_name, split=split, data_dir=str(data_dir) if data_dir else None, mode=mode,
                          steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          target_familiar_error=target_familiar_error, eval_every=eval_every,
