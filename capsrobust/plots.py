@@ -44,20 +44,25 @@ def _mean_image_std(table: pd.DataFrame) -> float | None:
     return float((positive.eps / positive.eps_std).iloc[0]) if len(positive) else None
 
 
+def plain_tick_labels(axis: Any) -> None:
+    """Major ticks of a log/symlog ``axis`` as plain numbers ("0.01", "20"), not "10^-2" or "2 x 10^1"."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+
+
 def _eps_scale(ax: Any, eps: pd.Series) -> float | None:
     """Symmetric-log eps axis (linear below the smallest non-zero eps) when the sweep spans more than a
     decade, so the small-eps region where accuracy falls is not squeezed into the left edge.
     Returns the linear threshold, or None for a linear axis."""
-    ax.set_xlim(left=0.0, right=float(eps.max()) * 1.05 if len(eps) else None)
     positive = eps[eps > 0]
     if not len(positive) or positive.max() / positive.min() <= 10:
+        ax.set_xlim(left=0.0, right=float(eps.max()) * 1.05 if len(eps) else None)
         return None
-    from matplotlib.ticker import FuncFormatter
-
     threshold = float(positive.min())
     ax.set_xscale("symlog", linthresh=threshold, linscale=0.5)
     ax.set_xlim(left=0.0, right=float(eps.max()) * 1.1)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    plain_tick_labels(ax.xaxis)
     return threshold
 
 
@@ -67,10 +72,8 @@ def _std_axis(ax: Any, mean_std: float | None, threshold: float | None = None) -
     if mean_std:
         top = ax.secondary_xaxis("top", functions=(lambda e: e / mean_std, lambda s: s * mean_std))
         if threshold is not None:
-            from matplotlib.ticker import FuncFormatter
-
             top.set_xscale("symlog", linthresh=threshold / mean_std, linscale=0.5)
-            top.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            plain_tick_labels(top.xaxis)
         top.set_xlabel(f"ε in standardised units (ε / mean image std, std = {mean_std:.3f})")
 
 

@@ -52,7 +52,9 @@ def plot_learning_curves(metrics: pd.DataFrame, path: str | os.PathLike[str], *,
 
     ``metrics``: :func:`load_metrics` tables concatenated. Writes a PNG atomically; returns its path.
     """
-    from capsrobust.plots import pyplot, save_figure
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    from capsrobust.plots import plain_tick_labels, pyplot, save_figure
 
     fig, (loss_ax, error_ax) = pyplot().subplots(1, 2, figsize=(11, 4.2))
     for index, (run, rows) in enumerate(metrics.groupby("run", sort=False)):
@@ -66,14 +68,11 @@ def plot_learning_curves(metrics: pd.DataFrame, path: str | os.PathLike[str], *,
                               label=f"{run} {name}")
     loss_ax.set(xlabel="epoch", ylabel="training loss (spread for capsules, CE for cnn)", yscale="log")
     error_ax.set(xlabel="epoch", ylabel="error (%)", yscale="log")
-    from matplotlib.ticker import FuncFormatter, LogLocator
-
-    # Plain numbers on the log axes ("0.2", "5", "10", "20", "50"), not "2 x 10^-1".
     for ax in (loss_ax, error_ax):
+        # Plain numbers at 1-2-5 steps on the log axes ("0.2", "5", "10", "20", "50").
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    for ax in (loss_ax, error_ax):
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        plain_tick_labels(ax.yaxis)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)
