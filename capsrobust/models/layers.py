@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from capsrobust.models.routing import IMAGES_PER_CHUNK, em_routing
+from capsrobust.models.routing import IMAGES_PER_CHUNK, em_routing, em_routing_from_poses, fused_votes_supported
 
 RoutingFn = Callable[..., tuple[Tensor, Tensor]]
 
@@ -119,32 +119,34 @@ class ConvCaps(nn.Module):
         return self.child_index
 
     def forward(self, poses: Tensor, activations: Tensor) -> tuple[Tensor, Tensor]:
-        # Images are independent: vote and route a few at a time, so the vote-sized temporaries
-        # (tens of MB per image) stay bounded at any batch size and warm in cache.
-        if poses.shape[0] > IMAGES_PER_CHUNK:
-            outs = [self._forward_chunk(p, a) for p, a in
-                    zip(poses.split(IMAGES_PER_CHUNK), activations.split(IMAGES_PER_CHUNK))]
-            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-        return self._forward_chunk(poses, activations)
-
-    def _forward_chunk(self, poses: Tensor, activations: Tensor) -> tuple[Tensor, Tensor]:
         n, h, w, _, _ = poses.shape
         index = self._index_for(h, w, poses.device)
         out_h = (h - self.kernel_size) // self.stride + 1
         out_w = (w - self.kernel_size) // self.stride + 1
         patches = poses.reshape(n, -1, 4, 4)[:, index]  # (N, L, I, 4, 4)
         patch_acts = activations.reshape(n, -1)[:, index]  # (N, L, I)
-        votes = torch.einsum("nlirk,iokc->nloirc", patches, self.weight)
-        votes = votes.reshape(n, out_h * out_w, self.out_types, index.shape[1], 16)
-        out_poses, out_acts = self.routing(
-            votes, patch_acts, self.beta_u, self.beta_a, self.iterations,
-            schedule=self.schedule, lambda_scale=self.lambda_scale, normalisation=self.normalisation,
-            child_index=index, num_children=h * w * self.in_types,
-        )
+        options = dict(schedule=self.schedule, lambda_scale=self.lambda_scale, normalisation=self.normalisation,
+                       child_index=index, num_children=h * w * self.in_types)
+        if self.routing is em_routing and fused_votes_supported(patches, self.weight):
+            # The votes are never stored: the C kernels recompute them from patches and W.
+            out_poses, out_acts = em_routing_from_poses(
+                patches, self.weight, patch_acts, self.beta_u, self.beta_a, self.iterations, **options)
+        else:
+            out_poses, out_acts = self._route_stored(patches, patch_acts, options)
         return (
             out_poses.reshape(n, out_h, out_w, self.out_types, 16),
             out_acts.reshape(n, out_h, out_w, self.out_types),
         )
+
+    def _route_stored(self, patches: Tensor, patch_acts: Tensor, options: dict) -> tuple[Tensor, Tensor]:
+        """Build the votes (N, L, O, I, 16) and route them, a few images at a time so the
+        vote-sized temporaries (tens of MB per image) stay bounded at any batch size."""
+        outs = []
+        for p, a in zip(patches.split(IMAGES_PER_CHUNK), patch_acts.split(IMAGES_PER_CHUNK)):
+            votes = torch.einsum("nlirk,iokc->nloirc", p, self.weight)
+            votes = votes.reshape(p.shape[0], p.shape[1], self.out_types, p.shape[2], 16)
+            outs.append(self.routing(votes, a, self.beta_u, self.beta_a, self.iterations, **options))
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
 
 class ClassCaps(nn.Module):

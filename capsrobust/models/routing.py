@@ -102,94 +102,158 @@ def _log_normalise(logits: Tensor, child_index: Tensor | None, num_children: int
 
 
 def _stack_votes(votes: Tensor) -> tuple[Tensor, Tensor]:
-    """votes (N, L, O, I, 16) -> [V - c, (V - c)^2] (N, L, O, I, 32) contiguous, centre c (N, L, O, 1, 16)."""
-    centre = votes.mean(dim=3, keepdim=True)
+    """votes (N, L, O, I, 16) -> [V - c, (V - c)^2] (N, L, O, I, 32) contiguous, centre c (N, L, O, 16)."""
+    centre = votes.detach().mean(dim=3, keepdim=True)
     stacked = votes.new_empty(votes.shape[:-1] + (2 * votes.shape[-1],))
     dim = votes.shape[-1]
-    torch.sub(votes, centre, out=stacked[..., :dim])
+    torch.sub(votes.detach(), centre, out=stacked[..., :dim])
     torch.mul(stacked[..., :dim], stacked[..., :dim], out=stacked[..., dim:])
-    return stacked, centre
+    return stacked, centre.squeeze(3)
+
+
+class StoredVotes:
+    """Votes held in memory as [V - c, (V - c)^2] (N, L, O, I, 32); any vote tensor works.
+
+    The centre c (per parent, the mean vote) only keeps the moment form of the variance precise
+    in float32; routing is equivariant to it, so it is a constant for autograd (exactly: every
+    output is unchanged by any shift c, hence no gradient flows through it).
+    """
+
+    def __init__(self, votes: Tensor) -> None:
+        self.shape = tuple(votes.shape)
+        self.stacked, self.centre = _stack_votes(votes)
+
+    def weighted_sums(self, weights: Tensor) -> Tensor:
+        """weights (N, L, O, I) -> (N, L, O, 32): sum_i w [V - c, (V - c)^2]."""
+        return torch.matmul(weights.unsqueeze(3), self.stacked).squeeze(3)
+
+    def projections(self, coeff: Tensor) -> Tensor:
+        """coeff (N, L, O, 32) -> (N, L, O, I): [V - c, (V - c)^2] . coeff."""
+        return torch.matmul(self.stacked, coeff.unsqueeze(-1)).squeeze(-1)
+
+    def vote_grads(self, left: list[Tensor], right: list[Tensor]) -> tuple[Tensor]:
+        """d loss / d votes from d loss / d stacked = sum_k left_k (N, L, O, I) (x) right_k (N, L, O, 32)."""
+        n, length, types, slots, width = self.stacked.shape
+        dim = width // 2
+        lefts = torch.stack(left, dim=-1).view(n * length * types, slots, -1)  # (B, I, K)
+        rights = torch.stack(right, dim=-2).view(n * length * types, -1, width)  # (B, K, 32)
+        g_stacked = torch.bmm(lefts, rights).view(self.stacked.shape)
+        # d/dV of [V - c, (V - c)^2] with c held constant.
+        return (torch.addcmul(g_stacked[..., :dim], self.stacked[..., :dim], g_stacked[..., dim:], value=2.0),)
+
+
+class FusedVotes:
+    """Votes V[n, l, o, i] = M[n, l, i] W[i, o] of a convolutional capsule layer, never stored.
+
+    Each contraction recomputes V from the patches M (N, L, I, 4, 4) and transforms W (I, O, 4, 4)
+    in C (:mod:`capsrobust.models.vote_kernels`), so the passes run from cache instead of memory.
+    Float32 on the CPU only; see :func:`fused_votes_supported`.
+    """
+
+    def __init__(self, patches: Tensor, weight: Tensor) -> None:
+        from capsrobust.models import vote_kernels
+
+        self.kernels = vote_kernels
+        n, length, slots = patches.shape[:3]
+        types = weight.shape[1]
+        self.shape = (n, length, types, slots, 16)
+        self.tiles = n * length
+        self.M = patches.detach().reshape(self.tiles, slots, 16).contiguous()
+        self.Wt = weight.detach().permute(0, 2, 1, 3).reshape(slots, 4, 4 * types).contiguous()
+        self.cc = vote_kernels.centre(self.M, self.Wt)  # (B, 4, 4 O)
+        self.centre = self.cc.view(self.tiles, 4, types, 4).permute(0, 2, 1, 3).reshape(n, length, types, 16)
+
+    def weighted_sums(self, weights: Tensor) -> Tensor:
+        n, length, types, slots, _ = self.shape
+        w = weights.reshape(self.tiles, types, slots).transpose(1, 2).contiguous()
+        sums = self.kernels.weighted_sums(self.M, self.Wt, self.cc, w)  # (B, 2, 4, 4 O)
+        return sums.view(self.tiles, 2, 4, types, 4).permute(0, 3, 1, 2, 4).reshape(n, length, types, 32)
+
+    def _kernel_coeff(self, coeff: Tensor) -> Tensor:
+        return coeff.reshape(self.tiles, self.shape[2], 2, 4, 4).permute(0, 2, 3, 1, 4).contiguous()
+
+    def projections(self, coeff: Tensor) -> Tensor:
+        n, length, types, slots, _ = self.shape
+        proj = self.kernels.projections(self.M, self.Wt, self.cc, self._kernel_coeff(coeff))  # (B, I, O)
+        return proj.transpose(1, 2).reshape(n, length, types, slots)
+
+    def vote_grads(self, left: list[Tensor], right: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """(d patches (N, L, I, 4, 4), d weight (I, O, 4, 4)) from the recorded factor pairs."""
+        n, length, types, slots, _ = self.shape
+        lefts = [f.reshape(self.tiles, types, slots).transpose(1, 2).contiguous() for f in left]
+        rights = [self._kernel_coeff(f) for f in right]
+        g_m, g_wt = self.kernels.vote_backward(self.M, self.Wt, self.cc, lefts, rights)
+        return g_m.view(n, length, slots, 4, 4), g_wt.view(slots, 4, types, 4).permute(0, 2, 1, 3)
+
+
+def fused_votes_supported(patches: Tensor, weight: Tensor) -> bool:
+    """Whether :class:`FusedVotes` can route these inputs (float32 CPU tensors, kernels built)."""
+    from capsrobust.models import vote_kernels
+
+    return (patches.dtype == torch.float32 and weight.dtype == torch.float32
+            and patches.device.type == "cpu" and weight.device.type == "cpu"
+            and 4 * weight.shape[1] <= vote_kernels.MAX_OC and vote_kernels.available())
 
 
 class _Tape:
-    """Factors of d loss / d stacked = sum_k left_k (x) right_k, collected during backward."""
+    """Factors of d loss / d [V - c, (V - c)^2] = sum_k left_k (x) right_k, collected during backward."""
 
     def __init__(self) -> None:
         self.left: list[Tensor] = []  # (N, L, O, I) each
         self.right: list[Tensor] = []  # (N, L, O, 32) each
 
 
-class _StackVotes(torch.autograd.Function):
-    """Builds [V - c, (V - c)^2] once; its backward turns all recorded outer-product factors into
-    one batched matmul, instead of autograd writing a full-size gradient per contraction."""
+class _VoteRoot(torch.autograd.Function):
+    """Ties every contraction to the vote inputs; its backward turns all recorded outer-product
+    factors into vote gradients at once, instead of autograd writing a full-size gradient per
+    contraction."""
 
     @staticmethod
-    def forward(ctx, votes: Tensor, tape: _Tape):  # type: ignore[override]
-        stacked, centre = _stack_votes(votes)
-        ctx.tape = tape
-        ctx.slots = votes.shape[3]
-        ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(stacked)
-        ctx.save_for_backward(stacked)
-        token = votes.new_zeros(())  # ties every contraction below to this node
-        return stacked, centre, token
+    def forward(ctx, source, tape: _Tape, *inputs: Tensor):  # type: ignore[override]
+        ctx.source, ctx.tape, ctx.num_inputs = source, tape, len(inputs)
+        return inputs[0].new_zeros(())
 
     @staticmethod
-    def backward(ctx, _g_stacked, g_centre, _g_token):  # type: ignore[override]
-        (stacked,) = ctx.saved_tensors
+    def backward(ctx, _g_token):  # type: ignore[override]
         tape: _Tape = ctx.tape
-        n, length, types, slots, width = stacked.shape
-        dim = width // 2
-        if tape.left:
-            left = torch.stack(tape.left, dim=-1).view(n * length * types, slots, -1)  # (B, I, K)
-            right = torch.stack(tape.right, dim=-2).view(n * length * types, -1, width)  # (B, K, 32)
-            g_stacked = torch.bmm(left, right).view(stacked.shape)
-            tape.left.clear(), tape.right.clear()
-            # d/dV of [V - c, (V - c)^2] with c = mean_i V (the centring's own term is the mean removal).
-            g_votes = torch.addcmul(g_stacked[..., :dim], stacked[..., :dim], g_stacked[..., dim:], value=2.0)
-            del g_stacked
-            g_votes.sub_(g_votes.mean(dim=3, keepdim=True))
-        else:
-            g_votes = stacked.new_zeros(stacked.shape[:-1] + (dim,))
-        if g_centre is not None:
-            g_votes.add_(g_centre / ctx.slots)
-        return g_votes, None
+        grads = ctx.source.vote_grads(tape.left, tape.right) if tape.left else (None,) * 8
+        tape.left.clear(), tape.right.clear()
+        ctx.source = None  # free the stored votes as soon as possible
+        return (None, None, *grads[: ctx.num_inputs])
 
 
 class _WeightedSums(torch.autograd.Function):
-    """M-step contraction: weights (N, L, O, I), stacked (N, L, O, I, 32) -> (N, L, O, 32)."""
+    """M-step contraction: weights (N, L, O, I) -> (N, L, O, 32)."""
 
     @staticmethod
-    def forward(ctx, weights: Tensor, token: Tensor, stacked: Tensor, tape: _Tape):  # type: ignore[override]
-        ctx.save_for_backward(weights, stacked)
-        ctx.tape = tape
-        return torch.matmul(weights.unsqueeze(3), stacked).squeeze(3)
+    def forward(ctx, weights: Tensor, token: Tensor, source, tape: _Tape):  # type: ignore[override]
+        ctx.save_for_backward(weights)
+        ctx.source, ctx.tape = source, tape
+        return source.weighted_sums(weights)
 
     @staticmethod
     def backward(ctx, g_sums):  # type: ignore[override]
-        weights, stacked = ctx.saved_tensors
+        (weights,) = ctx.saved_tensors
         ctx.tape.left.append(weights)
         ctx.tape.right.append(g_sums)
-        g_weights = torch.matmul(stacked, g_sums.unsqueeze(-1)).squeeze(-1)
-        return g_weights, torch.zeros((), dtype=g_sums.dtype), None, None
+        return ctx.source.projections(g_sums), torch.zeros((), dtype=g_sums.dtype), None, None
 
 
 class _Projections(torch.autograd.Function):
-    """E-step contraction: stacked (N, L, O, I, 32), coeff (N, L, O, 32) -> (N, L, O, I)."""
+    """E-step contraction: coeff (N, L, O, 32) -> (N, L, O, I)."""
 
     @staticmethod
-    def forward(ctx, coeff: Tensor, token: Tensor, stacked: Tensor, tape: _Tape):  # type: ignore[override]
-        ctx.save_for_backward(coeff, stacked)
-        ctx.tape = tape
-        return torch.matmul(stacked, coeff.unsqueeze(-1)).squeeze(-1)
+    def forward(ctx, coeff: Tensor, token: Tensor, source, tape: _Tape):  # type: ignore[override]
+        ctx.save_for_backward(coeff)
+        ctx.source, ctx.tape = source, tape
+        return source.projections(coeff)
 
     @staticmethod
     def backward(ctx, g_proj):  # type: ignore[override]
-        coeff, stacked = ctx.saved_tensors
+        (coeff,) = ctx.saved_tensors
         ctx.tape.left.append(g_proj)
         ctx.tape.right.append(coeff)
-        g_coeff = torch.matmul(g_proj.unsqueeze(3), stacked).squeeze(3)
-        return g_coeff, torch.zeros((), dtype=g_proj.dtype), None, None
+        return ctx.source.weighted_sums(g_proj), torch.zeros((), dtype=g_proj.dtype), None, None
 
 
 def em_routing(
@@ -240,6 +304,61 @@ def em_routing(
             for v, a in zip(votes.split(images_per_chunk), activations.split(images_per_chunk))
         ]
         return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
+    return _route(StoredVotes(votes), (votes,), activations, beta_u, beta_a, iterations, schedule=schedule,
+                  lambda_scale=lambda_scale, normalisation=normalisation, child_index=child_index,
+                  num_children=num_children, variance_floor=variance_floor)
+
+
+def em_routing_from_poses(
+    patches: Tensor,
+    weight: Tensor,
+    activations: Tensor,
+    beta_u: Tensor,
+    beta_a: Tensor,
+    iterations: int = 3,
+    **options,
+) -> tuple[Tensor, Tensor]:
+    """EM routing of the votes V[n, l, o, i] = patches[n, l, i] @ weight[i, o], without storing them.
+
+    Args:
+        patches: (N, L, I, 4, 4) child poses, slot i of patch l.
+        weight: (I, O, 4, 4) one transformation matrix per (slot, parent type), shared over patches.
+        activations, beta_u, beta_a, iterations, options: as in :func:`em_routing`
+            (``images_per_chunk`` applies only where the votes must be stored).
+
+    Returns poses (N, L, O, 16) and activations (N, L, O), equal to
+    ``em_routing(einsum("nlirk,iokc->nloirc", patches, weight), ...)``. Float32 CPU inputs take
+    the fused C kernels (:class:`FusedVotes`; 4-8x faster, no vote-sized memory); anything else
+    builds the votes and calls :func:`em_routing`.
+    """
+    if not fused_votes_supported(patches, weight):
+        n, length, slots = patches.shape[:3]
+        votes = torch.einsum("nlirk,iokc->nloirc", patches, weight).reshape(n, length, weight.shape[1], slots, 16)
+        return em_routing(votes, activations, beta_u, beta_a, iterations, **options)
+    if iterations < 1:
+        raise ValueError("iterations must be >= 1")
+    options.pop("images_per_chunk", None)
+    return _route(FusedVotes(patches, weight), (patches, weight), activations, beta_u, beta_a, iterations,
+                  **options)
+
+
+def _route(
+    source: StoredVotes | FusedVotes,
+    inputs: tuple[Tensor, ...],
+    activations: Tensor,
+    beta_u: Tensor,
+    beta_a: Tensor,
+    iterations: int,
+    *,
+    schedule: Schedule = "official",
+    lambda_scale: float = 1.0,
+    normalisation: Normalisation = "official",
+    child_index: Tensor | None = None,
+    num_children: int | None = None,
+    variance_floor: float = VARIANCE_FLOOR,
+) -> tuple[Tensor, Tensor]:
+    """Procedure 1 over a vote ``source`` built from ``inputs`` (the tensors gradients go to)."""
+    n, length, types, slots, dim = source.shape
     if normalisation == "patch":
         child_index = None
     elif normalisation != "official":
@@ -248,26 +367,19 @@ def em_routing(
         num_children = int(child_index.max()) + 1
     lambdas = inverse_temperatures(schedule, iterations, lambda_scale)
 
-    # Centre each parent's votes (a shift the routing is equivariant to) and build [V, V^2].
-    if torch.is_grad_enabled() and votes.requires_grad:
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
         tape = _Tape()
-        stacked, centre, token = _StackVotes.apply(votes, tape)
+        token = _VoteRoot.apply(source, tape, *inputs)
 
         def weighted_sums(weights: Tensor) -> Tensor:
-            return _WeightedSums.apply(weights, token, stacked, tape)
+            return _WeightedSums.apply(weights, token, source, tape)
 
         def projections(coeff: Tensor) -> Tensor:
-            return _Projections.apply(coeff, token, stacked, tape)
+            return _Projections.apply(coeff, token, source, tape)
     else:
-        stacked, centre = _stack_votes(votes)  # (N, L, O, I, 32), (N, L, O, 1, 16)
+        weighted_sums, projections = source.weighted_sums, source.projections
 
-        def weighted_sums(weights: Tensor) -> Tensor:
-            return torch.matmul(weights.unsqueeze(3), stacked).squeeze(3)
-
-        def projections(coeff: Tensor) -> Tensor:
-            return torch.matmul(stacked, coeff.unsqueeze(-1)).squeeze(-1)
-
-    log_r = uniform_log_assignments(child_index, types, (length, slots), votes.dtype).to(votes.device)
+    log_r = uniform_log_assignments(child_index, types, (length, slots), activations.dtype).to(activations.device)
     child_act = activations.unsqueeze(2)  # (N, L, 1, I)
     beta_u = beta_u.view(types, 1)
     beta_a = beta_a.view(types)
@@ -288,7 +400,7 @@ def em_routing(
             )
         logit_a = lam * (beta_a - cost)
         if step == iterations - 1:
-            return mean + centre.squeeze(3), torch.sigmoid(logit_a)
+            return mean + source.centre, torch.sigmoid(logit_a)
         # ---- E-step: log a_j + log N(V_ij; mu_j, sigma_j^2), normalised over parents. ----
         inv_var = 1.0 / variance
         coeff = torch.cat([mean * inv_var, -0.5 * inv_var], dim=-1)  # (N, L, O, 32)
