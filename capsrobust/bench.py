@@ -15,8 +15,9 @@ import resource
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import torch
@@ -30,6 +31,9 @@ from capsrobust.errors import ConfigError
 ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 STRAIGHTFORWARD = "straightforward"
+#: PyTorch-only EM routing over stored [V, V^2] (the fused kernels switched off).
+STORED = "stored"
+#: The default: fused C kernels that recompute the votes (capsrobust.models.vote_kernels).
 FAST = "fast"
 
 
@@ -50,6 +54,23 @@ class ModelBenchConfig:
 def _set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
+
+
+@contextmanager
+def _kernels_for(routing: str) -> Iterator[None]:
+    """Fused vote kernels on (``fast``; unless the environment turns them off) or off (the others)."""
+    from capsrobust.models import vote_kernels
+
+    before = os.environ.get(vote_kernels.DISABLE_ENV)
+    if routing != FAST:
+        os.environ[vote_kernels.DISABLE_ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(vote_kernels.DISABLE_ENV, None)
+        else:
+            os.environ[vote_kernels.DISABLE_ENV] = before
 
 
 def _build(config: ModelBenchConfig) -> torch.nn.Module:
@@ -76,7 +97,14 @@ def _timed(fn: Callable[[], None], steps: int, warmup: int) -> float:
 
 def measure_model(config: ModelBenchConfig) -> dict[str, Any]:
     """Training (forward + loss + backward + Adam step) and inference images/s, in this process."""
+    with _kernels_for(config.routing):
+        return _measure_model(config)
+
+
+def _measure_model(config: ModelBenchConfig) -> dict[str, Any]:
     from capsrobust.losses import cross_entropy, spread_loss
+
+    from capsrobust.models import vote_kernels
 
     _set_threads(config.threads)
     torch.manual_seed(0)
@@ -105,6 +133,7 @@ def measure_model(config: ModelBenchConfig) -> dict[str, Any]:
     return {
         "model": config.model,
         "routing": "-" if config.model == "cnn" else config.routing,
+        "vote_kernels": config.model != "cnn" and config.routing == FAST and vote_kernels.available(),
         "train_batch": config.train_batch,
         "train_img_s": config.train_batch / train_s,
         "infer_batch": config.infer_batch,
@@ -136,7 +165,7 @@ def bench_models(
     steps: int = 3,
     train_batch: int = 32,
     infer_batch: int = 128,
-    straightforward: tuple[str, ...] = ("capsules",),
+    straightforward: tuple[str, ...] = ("capsules", "capsules-small"),
     straightforward_batch: int = 8,
     threads: int | None = None,
     compile: bool = False,
@@ -144,16 +173,18 @@ def bench_models(
 ) -> pd.DataFrame:
     """Images/s (train at ``train_batch``, inference at ``infer_batch``) and peak RSS per model.
 
-    Models named in ``straightforward`` are measured a second time built with the naive routing
-    (at ``straightforward_batch``, which is smaller because it is ~30x slower and stores every
-    intermediate); ``train_speedup`` is fast / straightforward training images/s.
-    Returns one row per (model, routing).
+    Models named in ``straightforward`` are measured twice more: with the PyTorch-only routing over
+    stored votes (``stored``: the fused kernels off) and built with the naive routing
+    (``straightforward``, at ``straightforward_batch``, which is smaller because it is ~30x
+    slower and stores every intermediate); ``train_speedup`` is training images/s over the
+    straightforward version's. Returns one row per (model, routing).
     """
     measure = _measure_in_subprocess if isolate else measure_model
     rows = []
     for name in models:
         rows.append(measure(ModelBenchConfig(name, FAST, train_batch, infer_batch, steps, 1, threads, compile)))
         if name in straightforward:
+            rows.append(measure(ModelBenchConfig(name, STORED, train_batch, infer_batch, steps, 1, threads, False)))
             small = min(straightforward_batch, train_batch)
             rows.append(measure(ModelBenchConfig(name, STRAIGHTFORWARD, small, small, max(1, steps // 2), 1,
                                                  threads, False)))
@@ -167,48 +198,65 @@ def bench_models(
     return table
 
 
-def routing_votes(batch: int, *, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random ConvCaps1-sized routing inputs of the A=B=C=D=32 net (14x14x32 -> 6x6x32, k3 s2)."""
+def routing_inputs(batch: int, *, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random ConvCaps1-sized routing inputs of the A=B=C=D=32 net (14x14x32 -> 6x6x32, k3 s2):
+    patches (N, 36, 288, 4, 4), weight (288, 32, 4, 4), activations (N, 36, 288), betas, child index."""
     from capsrobust.models.layers import patch_child_index
 
     gen = torch.Generator().manual_seed(seed)
     index = patch_child_index(14, 14, 32, 3, 2)  # (36, 288)
-    votes = torch.randn(batch, 36, 32, index.shape[1], 16, generator=gen)
+    poses = 0.3 * torch.randn(batch, 14 * 14 * 32, 4, 4, generator=gen)
+    weight = torch.eye(4) + 0.1 * torch.randn(index.shape[1], 32, 4, 4, generator=gen)
     acts = torch.rand(batch, 14 * 14 * 32, generator=gen)[:, index]
-    return votes, acts, torch.zeros(32), torch.zeros(32), index
+    return poses[:, index], weight, acts, torch.zeros(32), torch.zeros(32), index
 
 
 def bench_routing(batch: int = 8, *, steps: int = 3, threads: int | None = None) -> pd.DataFrame:
-    """EM routing alone (3 iterations, ConvCaps1-sized votes): fast vs straightforward, same run.
+    """EM routing alone (3 iterations, ConvCaps1-sized), from patches and W to parents, same run.
 
-    Rows: implementation, forward ms and forward+backward ms per batch, and speedups over the
+    Rows: ``fast`` (fused kernels: votes recomputed, never stored), ``stored`` (PyTorch over
+    stored [V, V^2]) and ``straightforward`` (every intermediate stored, per-patch); forward ms
+    and forward+backward ms per batch (vote computation included), and speedups over the
     straightforward version.
     """
-    from capsrobust.models.routing import em_routing
+    from capsrobust.models.routing import em_routing, em_routing_from_poses
     from capsrobust.models.routing_naive import naive_em_routing
 
     _set_threads(threads)
-    votes, acts, beta_u, beta_a, index = routing_votes(batch)
+    patches, weight, acts, beta_u, beta_a, index = routing_inputs(batch)
+    n, length, slots = patches.shape[:3]
+
+    def stored(p, w, a, bu, ba, **kwargs):
+        votes = torch.einsum("nlirk,iokc->nloirc", p, w).reshape(n, length, w.shape[1], slots, 16)
+        return em_routing(votes, a, bu, ba, 3, **kwargs)
+
+    def straightforward(p, w, a, bu, ba, **kwargs):
+        votes = torch.einsum("nlirk,iokc->nloirc", p, w).reshape(n, length, w.shape[1], slots, 16)
+        return naive_em_routing(votes, a, bu, ba, 3)
+
+    def fast(p, w, a, bu, ba, **kwargs):
+        return em_routing_from_poses(p, w, a, bu, ba, 3, **kwargs)
+
     rows = []
-    for name, fn, kwargs in [
-        (FAST, em_routing, dict(child_index=index, num_children=14 * 14 * 32)),
-        (STRAIGHTFORWARD, naive_em_routing, {}),
-    ]:
+    for name, fn in [(FAST, fast), (STORED, stored), (STRAIGHTFORWARD, straightforward)]:
+        kwargs = dict(child_index=index, num_children=14 * 14 * 32)
+
         def forward() -> None:
             with torch.no_grad():
-                fn(votes, acts, beta_u, beta_a, 3, **kwargs)
+                fn(patches, weight, acts, beta_u, beta_a, **kwargs)
 
         def forward_backward() -> None:
-            leaves = [t.detach().requires_grad_(True) for t in (votes, acts, beta_u, beta_a)]
-            poses, out = fn(*leaves, 3, **kwargs)
+            leaves = [t.detach().requires_grad_(True) for t in (patches, weight, acts, beta_u, beta_a)]
+            poses, out = fn(*leaves, **kwargs)
             (poses.sum() + out.sum()).backward()
 
-        rows.append({
-            "routing": name,
-            "batch": batch,
-            "forward_ms": 1000 * _timed(forward, steps, 1),
-            "forward_backward_ms": 1000 * _timed(forward_backward, steps, 1),
-        })
+        with _kernels_for(name):
+            rows.append({
+                "routing": name,
+                "batch": batch,
+                "forward_ms": 1000 * _timed(forward, steps, 1),
+                "forward_backward_ms": 1000 * _timed(forward_backward, steps, 1),
+            })
     table = pd.DataFrame(rows)
     base = table.set_index("routing").loc[STRAIGHTFORWARD]
     table["forward_speedup"] = base["forward_ms"] / table["forward_ms"]

@@ -15,10 +15,16 @@ Measure speed and memory on this machine.
   - training images/s: forward + loss + backward + Adam step, batch 32;
   - inference images/s: forward only, batch 128;
   - peak RSS (resident memory high-water mark) of a fresh process running that model;
-  - the same for the capsule net built with a straightforward vectorised EM routing
-    (per-patch normalisation, every intermediate stored), measured in the same run, and
-    the speedup ratios -- ratios are robust to a busy CPU, absolute numbers are not;
-  - EM routing alone on ConvCaps1-sized votes, fast vs straightforward.
+  - the same for each capsule net with EM routing done two slower ways, in the same run:
+    `stored` (PyTorch over the stored vote tensor [V, V^2], the fused C kernels off) and
+    `straightforward` (vectorised the obvious way: per-patch normalisation, every
+    intermediate stored), and the speedup ratios -- ratios are robust to a busy CPU,
+    absolute numbers are not;
+  - EM routing alone on ConvCaps1-sized inputs (votes included), fast vs stored vs
+    straightforward.
+  `fast` is the default: C kernels (built on first use with the system C compiler) that
+  recompute the votes inside every EM contraction instead of storing them; the
+  `vote_kernels` column says whether they ran (CAPSROBUST_VOTE_KERNELS=0 turns them off).
 
 `bench data` times synthnorb rendering; `bench attacks` times the FGSM + BIM + PGD sweep on
 the trained models.
@@ -53,7 +59,7 @@ def bench() -> None:
 @click.option("--routing-batch", type=click.IntRange(min=1), default=None, hidden=True)
 def models(as_json: bool, quick: bool, steps: int | None, threads: int | None, use_compile: bool,
            train_batch: int, infer_batch: int, routing_batch: int | None) -> None:
-    """Training/inference images/s and peak RSS per model, and EM routing fast vs straightforward."""
+    """Training/inference images/s and peak RSS per model, and EM routing fast vs stored vs straightforward."""
     from capsrobust.bench import bench_models, bench_routing
     from capsrobust.reporting import to_markdown
 
@@ -67,4 +73,5 @@ def models(as_json: bool, quick: bool, steps: int | None, threads: int | None, u
         click.echo(json.dumps({"models": _records(model_table), "routing": _records(routing_table)}, indent=2))
         return
     click.echo("## Models\n\n" + to_markdown(model_table) + "\n")
-    click.echo("## EM routing alone (ConvCaps1-sized votes, 3 iterations)\n\n" + to_markdown(routing_table))
+    click.echo("## EM routing alone (ConvCaps1 of `capsules`, votes included, 3 iterations)\n\n"
+               + to_markdown(routing_table))

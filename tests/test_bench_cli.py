@@ -22,17 +22,18 @@ def quick_json() -> dict:
 
 def test_bench_models_reports_every_model_and_the_straightforward_baseline(quick_json):
     rows = {(r["model"], r["routing"]): r for r in quick_json["models"]}
-    assert set(rows) == {("capsules", "fast"), ("capsules", "straightforward"), ("capsules-small", "fast"),
-                         ("cnn", "-")}
+    assert set(rows) == {(m, r) for m in ("capsules", "capsules-small") for r in ("fast", "stored", "straightforward")
+                         } | {("cnn", "-")}
     for row in rows.values():
         assert row["train_img_s"] > 0 and row["infer_img_s"] > 0 and row["peak_rss_mb"] > 0
     assert rows[("capsules", "straightforward")]["train_speedup"] == pytest.approx(1.0)
     assert rows[("capsules", "fast")]["train_speedup"] > 0
+    assert rows[("capsules", "fast")]["vote_kernels"] and not rows[("capsules", "stored")]["vote_kernels"]
 
 
 def test_bench_models_compares_routing_fast_vs_straightforward(quick_json):
     routing = {r["routing"]: r for r in quick_json["routing"]}
-    assert set(routing) == {"fast", "straightforward"}
+    assert set(routing) == {"fast", "stored", "straightforward"}
     assert routing["straightforward"]["forward_backward_speedup"] == pytest.approx(1.0)
 
 
