@@ -35,6 +35,9 @@ from capsrobust_cli.errors import UserError
 @click.option("--iterations", type=int, default=None, help="EM routing iterations (capsule models) [default: 3].")
 @click.option("--lambda-scale", type=float, default=None,
               help="Capsule models: multiply every layer's EM inverse temperature (1 = official) [default: 1].")
+@click.option("--routing-schedule", type=click.Choice(["official", "normalized"]), default=None,
+              help="Capsule models: EM inverse-temperature schedule; official (lambda 0.01, raw costs) or normalized "
+                   "(costs standardised over each layer's parents, lambda 1, 2, 3) [default: official].")
 @click.option("--transform-init", type=click.Choice(["identity", "normal"]), default=None,
               help="Capsule models: start each 4x4 transform at I + noise or at random [default: identity].")
 @click.option("--max-eval-examples", type=int, default=0, show_default=True,
@@ -43,7 +46,7 @@ from capsrobust_cli.errors import UserError
 def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: int | None, epochs: float | None,
           batch_size: int, lr: float, seed: int, out_dir: Path | None, resume: bool,
           target_familiar_error: float | None, eval_every: int, checkpoint_every: int,
-          iterations: int | None, lambda_scale: float | None, transform_init: str | None,
+          iterations: int | None, lambda_scale: float | None, routing_schedule: str | None, transform_init: str | None,
           max_eval_examples: int, no_progress: bool) -> None:
     """Train a model; checkpoints, metrics and provenance go to the run directory.
 
@@ -65,10 +68,12 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
     from capsrobust.training import TrainConfig, TrainingInterrupted
     from capsrobust.training import train as run_training
 
-    capsule_options = {"iterations": iterations, "lambda_scale": lambda_scale, "transform_init": transform_init}
+    capsule_options = {"iterations": iterations, "lambda_scale": lambda_scale, "schedule": routing_schedule,
+                       "transform_init": transform_init}
     overrides = {key: value for key, value in capsule_options.items() if value is not None}
     if overrides and model_name == "cnn":
-        raise UserError("--iterations, --lambda-scale and --transform-init apply to capsule models only; "
+        raise UserError("--iterations, --lambda-scale, --routing-schedule and --transform-init apply to capsule "
+                        "models only; "
                         "drop them or choose --model capsules/capsules-small")
     config = TrainConfig(model=model_name, split=split, data_dir=str(data_dir) if data_dir else None, mode=mode,
                          steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
