@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 import pandas as pd
@@ -54,11 +55,13 @@ def bench() -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Timed steps per measurement (default 3; 1 with --quick).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's choice).")
 @click.option("--compile", "use_compile", is_flag=True, help="Run the fast models through torch.compile (optional path; slow to start).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write models.md, models.json and provenance.json (command, commit, CPU) here.")
 @click.option("--train-batch", type=click.IntRange(min=1), default=32, show_default=True, hidden=True)
 @click.option("--infer-batch", type=click.IntRange(min=1), default=128, show_default=True, hidden=True)
 @click.option("--routing-batch", type=click.IntRange(min=1), default=None, hidden=True)
 def models(as_json: bool, quick: bool, steps: int | None, threads: int | None, use_compile: bool,
-           train_batch: int, infer_batch: int, routing_batch: int | None) -> None:
+           out_dir: Path | None, train_batch: int, infer_batch: int, routing_batch: int | None) -> None:
     """Training/inference images/s and peak RSS per model, and EM routing fast vs stored vs straightforward."""
     from capsrobust.bench import bench_models, bench_routing
     from capsrobust.reporting import to_markdown
@@ -69,9 +72,28 @@ def models(as_json: bool, quick: bool, steps: int | None, threads: int | None, u
         straightforward_batch=min(4 if quick else 8, train_batch), threads=threads, compile=use_compile,
     )
     routing_table = bench_routing(routing_batch or (2 if quick else 8), steps=steps, threads=threads)
+    records = {"models": _records(model_table), "routing": _records(routing_table)}
+    sections = [("Models", to_markdown(model_table)),
+                ("EM routing alone (ConvCaps1 of `capsules`, votes included, 3 iterations)", to_markdown(routing_table))]
+    if out_dir is not None:
+        _write_bench(out_dir, records, sections)
     if as_json:
-        click.echo(json.dumps({"models": _records(model_table), "routing": _records(routing_table)}, indent=2))
+        click.echo(json.dumps(records, indent=2))
         return
-    click.echo("## Models\n\n" + to_markdown(model_table) + "\n")
-    click.echo("## EM routing alone (ConvCaps1 of `capsules`, votes included, 3 iterations)\n\n"
-               + to_markdown(routing_table))
+    click.echo("\n\n".join(f"## {heading}\n\n{body}" for heading, body in sections))
+
+
+def _write_bench(out_dir: Path, records: dict, sections: list[tuple[str, str]]) -> None:
+    """models.md / models.json / provenance.json, each written atomically."""
+    import platform
+
+    from capsrobust.provenance import provenance
+    from capsrobust.reporting import markdown_report, write_json, atomic_write_text
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    intro = ("Written by `capsrobust bench models` (exact command, commit and CPU in provenance.json). "
+             "Random inputs: no dataset is involved. Ratios come from one run on one machine.")
+    atomic_write_text(out_dir / "models.md", markdown_report("capsrobust bench models", sections, intro))
+    write_json(out_dir / "models.json", records)
+    write_json(out_dir / "provenance.json", provenance(cpu=platform.processor() or platform.machine(),
+                                                      torch_threads=records["models"][0]["threads"]))

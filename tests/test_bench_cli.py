@@ -14,10 +14,25 @@ TINY = ["--steps", "1", "--train-batch", "2", "--infer-batch", "2", "--routing-b
 
 
 @pytest.fixture(scope="module")
-def quick_json() -> dict:
-    result = CliRunner().invoke(cli, ["bench", "models", "--quick", "--json", *TINY])
+def bench_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    result = CliRunner().invoke(cli, ["bench", "models", "--quick", "--json", "--out", str(out), *TINY])
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    return json.loads(result.output), out
+
+
+@pytest.fixture(scope="module")
+def quick_json(bench_out) -> dict:
+    return bench_out[0]
+
+
+def test_bench_models_writes_tables_and_provenance(bench_out):
+    printed, out = bench_out
+    assert json.loads((out / "models.json").read_text()) == printed
+    text = (out / "models.md").read_text()
+    assert "| capsules-small | fast" in text and "EM routing alone" in text
+    record = json.loads((out / "provenance.json").read_text())
+    assert {"command", "commit", "cpu", "torch_threads", "versions"} <= set(record)  # command: this process's argv
 
 
 def test_bench_models_reports_every_model_and_the_straightforward_baseline(quick_json):
