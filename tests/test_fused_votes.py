@@ -15,6 +15,7 @@ from capsrobust.models.routing import em_routing, em_routing_from_poses, fused_v
 
 sys.path.insert(0, str(Path(__file__).parent))
 from routing_reference import conv_child_index, reference_em_routing  # noqa: E402
+from test_routing import _outputs_and_grads  # noqa: E402
 
 NAMES = ["poses", "activations", "d patches", "d weight", "d activations", "d beta_u", "d beta_a"]
 
@@ -45,16 +46,6 @@ def _votes(patches, weight):
     return torch.einsum("nlirk,iokc->nloirc", patches, weight).reshape(n, length, weight.shape[1], slots, 16)
 
 
-def _outputs_and_grads(fn, tensors, seed=1):
-    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
-    poses, out_acts = fn(*leaves)
-    gen = torch.Generator().manual_seed(seed)
-    weight_p = torch.randn(poses.shape, generator=gen, dtype=torch.float64).to(poses.dtype)
-    weight_a = torch.randn(out_acts.shape, generator=gen, dtype=torch.float64).to(out_acts.dtype)
-    ((poses * weight_p).sum() + (out_acts * weight_a).sum()).backward()
-    return [poses.detach().double(), out_acts.detach().double()] + [t.grad.double() for t in leaves]
-
-
 @pytest.mark.parametrize("iterations", [1, 2, 3])
 @pytest.mark.parametrize("normalisation", ["official", "patch"])
 @pytest.mark.parametrize("schedule", ["official", "normalized"])
@@ -64,9 +55,9 @@ def test_fused_float32_routing_matches_literal_procedure_1(schedule, normalisati
     tensors = (patches, weight, acts, beta_u, beta_a)
     fused = _outputs_and_grads(
         lambda p, w, a, bu, ba: em_routing_from_poses(
-            p.float(), w.float(), a.float(), bu.float(), ba.float(), iterations, **options), tensors)
+            p.float(), w.float(), a.float(), bu.float(), ba.float(), iterations, **options), *tensors)
     oracle = _outputs_and_grads(
-        lambda p, w, a, bu, ba: reference_em_routing(_votes(p, w), a, bu, ba, iterations, **options), tensors)
+        lambda p, w, a, bu, ba: reference_em_routing(_votes(p, w), a, bu, ba, iterations, **options), *tensors)
     for name, got, want in zip(NAMES, fused, oracle):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3, msg=lambda m: f"{name}: {m}")
 
@@ -107,9 +98,9 @@ def test_fused_routing_matches_stored_votes_at_extreme_pose_scales(scale):
                                                     for t in _inputs(scale=scale, seed=4))
     tensors = (patches, weight, acts, beta_u, beta_a)
     fused = _outputs_and_grads(lambda p, w, a, bu, ba: em_routing_from_poses(p, w, a, bu, ba, 3, child_index=index),
-                               tensors)
+                               *tensors)
     stored = _outputs_and_grads(lambda p, w, a, bu, ba: em_routing(_votes(p, w), a, bu, ba, 3, child_index=index),
-                                tensors)
+                                *tensors)
     for name, got, want in zip(NAMES, fused, stored):
         assert torch.isfinite(got).all(), name
         torch.testing.assert_close(got, want, atol=1e-4 * max(1.0, scale), rtol=2e-3, msg=lambda m: f"{name}: {m}")

@@ -30,8 +30,9 @@ def _inputs(geometry: str, parent_types: int = 3, images: int = 2, seed: int = 0
     return child_votes, acts, beta_u, beta_a, index
 
 
-def _outputs_and_grads(fn, votes, acts, beta_u, beta_a, seed=1):
-    leaves = [t.detach().clone().requires_grad_(True) for t in (votes, acts, beta_u, beta_a)]
+def _outputs_and_grads(fn, *tensors, seed=1):
+    """fn(*leaves) -> (poses, activations); returns both (float64) and d(random projection)/d each leaf."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
     poses, out_acts = fn(*leaves)
     gen = torch.Generator().manual_seed(seed)
     weight_p = torch.randn(poses.shape, generator=gen, dtype=torch.float64).to(poses.dtype)

@@ -1,7 +1,8 @@
 """EM routing between capsule layers (Hinton, Sabour & Frosst, ICLR 2018, Procedure 1).
 
-One pure function, :func:`em_routing`, vectorised so that the only operations that touch the
-big vote tensor are batched matrix products (see "Why it is fast" below). A slow, literal
+Two pure functions: :func:`em_routing` (votes given) and :func:`em_routing_from_poses` (votes
+V = patches @ W of a convolutional layer, never stored), sharing one implementation of
+Procedure 1 in which only a few contractions touch the votes (see "Why it is fast"). A slow, literal
 float64 transcription of Procedure 1 lives in ``tests/routing_reference.py`` and is the
 oracle this module is tested against.
 
@@ -17,9 +18,13 @@ child slots per patch, 16 = a flattened 4x4 pose):
 
 Why it is fast: the M-step sums sum_i R_ij V_ij and sum_i R_ij V_ij^2 and the E-step's
 sum_h (V - mu)^2 / sigma^2 are all contractions of ``[V, V^2]`` (N, L, O, I, 32) with a small
-tensor, i.e. batched mat-vec products over (n, l, o); ``(V - mu)`` is never materialised.
-Votes are centred once (routing is equivariant to a per-parent shift of its votes) so the
-moment form of the variance does not lose precision in float32.
+tensor; ``(V - mu)`` is never materialised, and backward collects every contraction's factors and
+turns them into one vote gradient. Two vote sources provide the contractions:
+:class:`StoredVotes` (PyTorch batched products over a stored ``[V, V^2]``; any votes) and
+:class:`FusedVotes` (convolutional layers: C kernels recompute V = M W inside every contraction,
+so nothing vote-sized is stored and the passes run from cache; :func:`em_routing_from_poses`).
+Votes are centred on a per-parent constant (routing is equivariant to a per-parent shift of its
+votes) so the moment form of the variance does not lose precision in float32.
 """
 
 from __future__ import annotations
