@@ -78,9 +78,7 @@ def test_vote_backward_matches_autograd_through_the_votes_for_more_pairs_than_on
     M = patches.detach().float().reshape(tiles, slots, 16).contiguous()
     Wt = weight.detach().float().permute(0, 2, 1, 3).reshape(slots, 4, 4 * types).contiguous()
     cc = vote_kernels.centre(M, Wt)
-    kernel_right = [r.float().view(tiles, types, 2, 4, 4).permute(0, 2, 3, 1, 4).contiguous() for r in right]
-    g_m, g_wt = vote_kernels.vote_backward(M, Wt, cc, [l.float().transpose(1, 2).contiguous() for l in left],
-                                           kernel_right)
+    g_m, g_wt = vote_kernels.vote_backward(M, Wt, cc, [l.float() for l in left], [r.float() for r in right])
     torch.testing.assert_close(g_m.view(tiles, slots, 4, 4).double(), patches.grad, atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(g_wt.view(slots, 4, types, 4).permute(0, 2, 1, 3).double(), weight.grad,
                                atol=1e-3, rtol=1e-4)

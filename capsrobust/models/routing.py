@@ -165,29 +165,26 @@ class FusedVotes:
         self.tiles = n * length
         self.M = patches.detach().reshape(self.tiles, slots, 16).contiguous()
         self.Wt = weight.detach().permute(0, 2, 1, 3).reshape(slots, 4, 4 * types).contiguous()
-        self.cc = vote_kernels.centre(self.M, self.Wt)  # (B, 4, 4 O)
-        self.centre = self.cc.view(self.tiles, 4, types, 4).permute(0, 2, 1, 3).reshape(n, length, types, 16)
+        self.cc = vote_kernels.centre(self.M, self.Wt)  # (B, O, 16)
+        self.centre = self.cc.view(n, length, types, 16)
+
+    def _tiles(self, tensor: Tensor) -> Tensor:
+        """(N, L, O, X) -> contiguous (B, O, X), the kernels' layout."""
+        return tensor.reshape(self.tiles, *tensor.shape[2:]).contiguous()
 
     def weighted_sums(self, weights: Tensor) -> Tensor:
-        n, length, types, slots, _ = self.shape
-        w = weights.reshape(self.tiles, types, slots).transpose(1, 2).contiguous()
-        sums = self.kernels.weighted_sums(self.M, self.Wt, self.cc, w)  # (B, 2, 4, 4 O)
-        return sums.view(self.tiles, 2, 4, types, 4).permute(0, 3, 1, 2, 4).reshape(n, length, types, 32)
-
-    def _kernel_coeff(self, coeff: Tensor) -> Tensor:
-        return coeff.reshape(self.tiles, self.shape[2], 2, 4, 4).permute(0, 2, 3, 1, 4).contiguous()
+        sums = self.kernels.weighted_sums(self.M, self.Wt, self.cc, self._tiles(weights))  # (B, O, 32)
+        return sums.view(self.shape[:3] + (32,))
 
     def projections(self, coeff: Tensor) -> Tensor:
-        n, length, types, slots, _ = self.shape
-        proj = self.kernels.projections(self.M, self.Wt, self.cc, self._kernel_coeff(coeff))  # (B, I, O)
-        return proj.transpose(1, 2).reshape(n, length, types, slots)
+        proj = self.kernels.projections(self.M, self.Wt, self.cc, self._tiles(coeff))  # (B, O, I)
+        return proj.view(self.shape[:4])
 
     def vote_grads(self, left: list[Tensor], right: list[Tensor]) -> tuple[Tensor, Tensor]:
         """(d patches (N, L, I, 4, 4), d weight (I, O, 4, 4)) from the recorded factor pairs."""
         n, length, types, slots, _ = self.shape
-        lefts = [f.reshape(self.tiles, types, slots).transpose(1, 2).contiguous() for f in left]
-        rights = [self._kernel_coeff(f) for f in right]
-        g_m, g_wt = self.kernels.vote_backward(self.M, self.Wt, self.cc, lefts, rights)
+        g_m, g_wt = self.kernels.vote_backward(self.M, self.Wt, self.cc, [self._tiles(f) for f in left],
+                                               [self._tiles(f) for f in right])
         return g_m.view(n, length, slots, 4, 4), g_wt.view(slots, 4, types, 4).permute(0, 2, 1, 3)
 
 

@@ -9,7 +9,7 @@ slower); ``CAPSROBUST_VOTE_KERNELS=0`` forces that fallback.
 
 All tensors are float32, contiguous, on the CPU; shapes (B tiles, I children, O parents,
 OC = 4 O) as in the C file:
-    M (B, I, 16), Wt (I, 4, OC), cc (B, 4, OC), weights (B, I, O), sums/coeff (B, 2, 4, OC).
+    M (B, I, 16), Wt (I, 4, OC), cc (B, O, 16), weights/projections (B, O, I), sums/coeff (B, O, 32).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ _SIGNATURES = {
     "cr_centre": [_f, _f, _f, _i, _i, _l, _l],
     "cr_msums": [_f, _f, _f, _f, _f, _i, _i, _l, _l],
     "cr_proj": [_f, _f, _f, _f, _f, _i, _i, _l, _l],
-    "cr_vote_backward": [_f, _f, _f, _f, _f, _i, _l, _f, _f, _i, _i, _l, _l],
+    "cr_vote_backward": [_f, _f, _f, _f, _f, _i, _f, _f, _i, _i, _l, _l],
 }
 
 
@@ -135,37 +135,37 @@ def _ptr(tensor: Tensor) -> int:
 
 
 def centre(M: Tensor, Wt: Tensor) -> Tensor:
-    """cc (B, 4, OC): the mean vote of every parent over its I children."""
+    """cc (B, O, 16): the mean vote of every parent over its I children."""
     lib = library()
     tiles, slots, _ = M.shape
     types = Wt.shape[2] // 4
-    cc = M.new_empty((tiles, 4, 4 * types))
+    cc = M.new_empty((tiles, types, 16))
     _parallel(lib.cr_centre, tiles, lambda p: (_ptr(M), _ptr(Wt), _ptr(cc), slots, types))
     return cc
 
 
 def weighted_sums(M: Tensor, Wt: Tensor, cc: Tensor, weights: Tensor) -> Tensor:
-    """weights (B, I, O) -> (B, 2, 4, OC): [sum_i w d, sum_i w d^2], d = votes - cc."""
+    """weights (B, O, I) -> (B, O, 32): [sum_i w d, sum_i w d^2], d = votes - cc."""
     lib = library()
     tiles, slots, _ = M.shape
     types = Wt.shape[2] // 4
-    out = M.new_empty((tiles, 2, 4, 4 * types))
+    out = M.new_empty((tiles, types, 32))
     _parallel(lib.cr_msums, tiles, lambda p: (_ptr(M), _ptr(Wt), _ptr(cc), _ptr(weights), _ptr(out), slots, types))
     return out
 
 
 def projections(M: Tensor, Wt: Tensor, cc: Tensor, coeff: Tensor) -> Tensor:
-    """coeff (B, 2, 4, OC) -> (B, I, O): sum over the 16 entries of coeff_0 d + coeff_1 d^2."""
+    """coeff (B, O, 32) -> (B, O, I): sum over the 16 entries of coeff[:16] d + coeff[16:] d^2."""
     lib = library()
     tiles, slots, _ = M.shape
     types = Wt.shape[2] // 4
-    out = M.new_empty((tiles, slots, types))
+    out = M.new_empty((tiles, types, slots))
     _parallel(lib.cr_proj, tiles, lambda p: (_ptr(M), _ptr(Wt), _ptr(cc), _ptr(coeff), _ptr(out), slots, types))
     return out
 
 
 def vote_backward(M: Tensor, Wt: Tensor, cc: Tensor, left: list[Tensor], right: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Gradients (dM (B, I, 16), dWt (I, 4, OC)) from factor pairs left_k (B, I, O), right_k (B, 2, 4, OC)."""
+    """Gradients (dM (B, I, 16), dWt (I, 4, OC)) from factor pairs left_k (B, O, I), right_k (B, O, 32)."""
     lib = library()
     tiles, slots, _ = M.shape
     types = Wt.shape[2] // 4
@@ -173,11 +173,12 @@ def vote_backward(M: Tensor, Wt: Tensor, cc: Tensor, left: list[Tensor], right: 
     grad_m = torch.zeros_like(M)
     grad_wt = Wt.new_zeros((parts,) + tuple(Wt.shape))  # one buffer per thread, summed below
     for start in range(0, len(left), MAX_PAIRS):
-        lefts = torch.stack(left[start:start + MAX_PAIRS]).contiguous()
-        rights = torch.stack(right[start:start + MAX_PAIRS]).contiguous()
+        lefts, rights = left[start:start + MAX_PAIRS], right[start:start + MAX_PAIRS]
+        left_ptrs = (ctypes.c_void_p * len(lefts))(*[_ptr(t) for t in lefts])
+        right_ptrs = (ctypes.c_void_p * len(rights))(*[_ptr(t) for t in rights])
         _parallel(lib.cr_vote_backward, tiles, lambda p: (
-            _ptr(M), _ptr(Wt), _ptr(cc), _ptr(lefts), _ptr(rights), lefts.shape[0], tiles, _ptr(grad_m),
-            _ptr(grad_wt[p]), slots, types))
+            _ptr(M), _ptr(Wt), _ptr(cc), ctypes.addressof(left_ptrs), ctypes.addressof(right_ptrs), len(lefts),
+            _ptr(grad_m), _ptr(grad_wt[p]), slots, types))
     return grad_m, grad_wt.sum(0)
 
 
