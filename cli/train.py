@@ -38,6 +38,9 @@ from capsrobust_cli.errors import UserError
 @click.option("--routing-schedule", type=click.Choice(["official", "normalized"]), default=None,
               help="Capsule models: EM inverse-temperature schedule; official (lambda 0.01, raw costs) or normalized "
                    "(costs standardised over each layer's parents, lambda 1, 2, 3) [default: official].")
+@click.option("--beta-parametrisation", type=click.Choice(["direct", "official"]), default=None,
+              help="Capsule models: how beta_u, beta_a enter the EM cost; direct (start at 0) or official (the official "
+                   "code's constants: beta_a x 5000, log variances) [default: direct].")
 @click.option("--transform-init", type=click.Choice(["identity", "normal"]), default=None,
               help="Capsule models: start each 4x4 transform at I + noise or at random [default: identity].")
 @click.option("--max-eval-examples", type=int, default=0, show_default=True,
@@ -46,7 +49,8 @@ from capsrobust_cli.errors import UserError
 def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: int | None, epochs: float | None,
           batch_size: int, lr: float, seed: int, out_dir: Path | None, resume: bool,
           target_familiar_error: float | None, eval_every: int, checkpoint_every: int,
-          iterations: int | None, lambda_scale: float | None, routing_schedule: str | None, transform_init: str | None,
+          iterations: int | None, lambda_scale: float | None, routing_schedule: str | None,
+          beta_parametrisation: str | None, transform_init: str | None,
           max_eval_examples: int, no_progress: bool) -> None:
     """Train a model; checkpoints, metrics and provenance go to the run directory.
 
@@ -69,11 +73,11 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
     from capsrobust.training import train as run_training
 
     capsule_options = {"iterations": iterations, "lambda_scale": lambda_scale, "schedule": routing_schedule,
-                       "transform_init": transform_init}
+                       "beta_parametrisation": beta_parametrisation, "transform_init": transform_init}
     overrides = {key: value for key, value in capsule_options.items() if value is not None}
     if overrides and model_name == "cnn":
-        raise UserError("--iterations, --lambda-scale, --routing-schedule and --transform-init apply to capsule "
-                        "models only; "
+        raise UserError("--iterations, --lambda-scale, --routing-schedule, --beta-parametrisation and "
+                        "--transform-init apply to capsule models only; "
                         "drop them or choose --model capsules/capsules-small")
     config = TrainConfig(model=model_name, split=split, data_dir=str(data_dir) if data_dir else None, mode=mode,
                          steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,

@@ -128,3 +128,44 @@ def test_lambda_scale_reaches_every_routed_layer():
     model(torch.rand(1, 2, 32, 32))
     # ConvCaps1, ConvCaps2 at 10x; the class layer at 10x the official quarter
     assert seen == pytest.approx([10.0, 10.0, 2.5])
+
+
+def test_official_beta_parametrisation_reproduces_the_official_logit():
+    """logit = lambda (-5000 b_a - mass (sum_h log sigma_h^2 + 16 (log 2 pi + 1) b_u)) (official em_layers.py)."""
+    import math
+
+    from capsrobust.models.layers import routing_betas
+
+    beta_u, beta_a = torch.tensor([0.5, 2.0]), torch.tensor([1.0, -0.3])
+    direct_u, direct_a, factor = routing_betas(beta_u, beta_a, "official")
+    lam, mass, log_sigma = 0.01, torch.tensor(3.0), torch.randn(2, 16)
+    ours = factor * lam * (direct_a - mass * (direct_u.view(2, 1) + log_sigma).sum(-1))
+    official = lam * (-5000 * beta_a - mass * ((2 * log_sigma).sum(-1) + 16 * (math.log(2 * math.pi) + 1) * beta_u))
+    torch.testing.assert_close(ours, official)
+
+
+def test_official_betas_start_at_the_official_values_and_keep_the_parameter_names():
+    model = build_model("capsules-small", beta_parametrisation="official")
+    assert torch.all(model.conv_caps1.beta_a == 0.5) and torch.all(model.conv_caps2.beta_u == 0.5)
+    assert torch.all(model.class_caps.beta_a == 1.0) and torch.all(model.class_caps.beta_u == 2.0)
+    assert {"class_caps.beta_a", "class_caps.beta_u"} <= set(model.state_dict())  # old checkpoints still load
+    direct = build_model("capsules-small")
+    assert torch.all(direct.class_caps.beta_a == 0.0)
+
+
+def test_official_betas_move_the_class_logits_thousands_of_times_faster():
+    """A unit step of beta_a moves a class logit by lambda (direct) or 5000 lambda (official)."""
+    torch.manual_seed(0)
+    images = torch.rand(4, 2, 32, 32)
+    grads = {}
+    for kind in ("direct", "official"):
+        torch.manual_seed(0)
+        model = build_model("capsules-small", A=8, B=4, C=4, D=4, beta_parametrisation=kind)
+        model(images).sum().backward()
+        grads[kind] = model.class_caps.beta_a.grad.abs().mean().item()
+    assert grads["official"] > 1000 * grads["direct"]
+
+
+def test_unknown_beta_parametrisation_is_rejected():
+    with pytest.raises(ValueError, match="beta_parametrisation"):
+        build_model("capsules-small", beta_parametrisation="learned")

@@ -281,6 +281,7 @@ def test_data_parallel_run_under_torchrun_resumes_exactly(data_dir: Path, tmp_pa
     (["--model", "cnn", "--lambda-scale", "2"], "capsule models only"),
     (["--model", "cnn", "--transform-init", "normal"], "capsule models only"),
     (["--model", "cnn", "--routing-schedule", "normalized"], "capsule models only"),
+    (["--model", "cnn", "--beta-parametrisation", "official"], "capsule models only"),
     (["--lambda-scale", "0"], "--lambda-scale must be positive"),
     (["--max-eval-examples", "-1"], "--max-eval-examples"),
 ])
@@ -292,11 +293,14 @@ def test_capsule_options_are_recorded_in_the_run(data_dir: Path, tmp_path: Path)
     out = tmp_path / "caps"
     result = CliRunner().invoke(cli, ["train", "--model", "capsules-small", "--data-dir", str(data_dir), "--out",
                                       str(out), "--steps", "1", "--batch-size", "2", "--lambda-scale", "10",
-                                      "--routing-schedule", "normalized", "--transform-init", "normal", "--max-eval-examples", "4", "--no-progress"])
+                                      "--routing-schedule", "normalized", "--beta-parametrisation", "official",
+                                      "--transform-init", "normal", "--max-eval-examples", "4", "--no-progress"])
     assert result.exit_code == 0, result.output
     config = json.loads((out / "run.json").read_text())["config"]
-    assert config["model_overrides"] == {"lambda_scale": 10.0, "schedule": "normalized", "transform_init": "normal"}
+    assert config["model_overrides"] == {"lambda_scale": 10.0, "schedule": "normalized",
+                                         "beta_parametrisation": "official", "transform_init": "normal"}
     assert config["max_eval_examples"] == 4
     model = model_from_checkpoint(load_checkpoint(out / "last.pt"))
     assert model.conv_caps1.lambda_scale == 10.0
     assert model.conv_caps1.schedule == model.class_caps.schedule == "normalized"
+    assert model.conv_caps2.beta_parametrisation == model.class_caps.beta_parametrisation == "official"

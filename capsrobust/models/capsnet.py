@@ -36,7 +36,9 @@ class MatrixCapsNet(nn.Module):
 
     ``schedule``/``normalisation`` choose the EM-routing variant (:func:`em_routing`);
     ``lambda_scale`` multiplies every layer's inverse temperature (1 = official); ``transform_init``
-    is ``"identity"`` (default) or ``"normal"`` (see :data:`capsrobust.models.layers.TRANSFORM_INITS`).
+    is ``"identity"`` (default) or ``"normal"`` (see :data:`capsrobust.models.layers.TRANSFORM_INITS`);
+    ``beta_parametrisation`` is ``"direct"`` (default) or ``"official"`` (the official code's cost
+    constants; see :data:`capsrobust.models.layers.BETA_PARAMETRISATIONS`).
     """
 
     score_kind = "activation"
@@ -55,11 +57,12 @@ class MatrixCapsNet(nn.Module):
         normalisation: str = "official",
         lambda_scale: float = 1.0,
         transform_init: str = "identity",
+        beta_parametrisation: str = "direct",
         routing: RoutingFn = em_routing,
     ) -> None:
         super().__init__()
         options = dict(schedule=schedule, normalisation=normalisation, lambda_scale=lambda_scale,
-                       transform_init=transform_init, routing=routing)
+                       transform_init=transform_init, beta_parametrisation=beta_parametrisation, routing=routing)
         self.standardise = PerImageStandardisation()
         self.conv1 = nn.Conv2d(in_channels, A, kernel_size=5, stride=2)  # 32 -> 14
         self.primary_caps = PrimaryCaps(A, B)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -37,6 +39,35 @@ def init_transforms(shape: tuple[int, ...], kind: str) -> Tensor:
     if kind == "normal":
         return torch.randn(shape) * TRANSFORM_INIT_STD
     raise ValueError(f"unknown transform_init {kind!r}; valid: {', '.join(TRANSFORM_INITS)}")
+
+
+#: How the learned per-type biases beta_u, beta_a enter the EM cost (``beta_parametrisation``):
+#: ``"direct"`` -- logit a_j = lambda (beta_a - mass_j sum_h (beta_u + log sigma_jh)), both betas
+#: start at 0. A unit change of beta_a moves the logit by lambda (~1e-4 at the class layer), so
+#: Adam (steps ~lr per update) cannot move the class activations' offset in a short run.
+#: ``"official"`` -- the official code's constants (google-research capsule_em, em_layers.py):
+#: logit = lambda (-5000 b_a - mass (sum_h log sigma_h^2 + 16 (log 2 pi + 1) b_u)), b_a = b_u = 0.5
+#: in convolutional layers, b_a = 1, b_u = 2 in the class layer. Written in the direct form this is
+#: lambda' = 2 lambda, beta_a = -2500 b_a, beta_u = (log 2 pi + 1) / 2 b_u; the parameters are b_a, b_u.
+BETA_PARAMETRISATIONS: tuple[str, ...] = ("direct", "official")
+_OFFICIAL_BETA_A_SCALE = -2500.0
+_OFFICIAL_BETA_U_SCALE = 0.5 * (math.log(2 * math.pi) + 1.0)
+
+
+def init_betas(types: int, kind: str, init_u: float, init_a: float) -> tuple[nn.Parameter, nn.Parameter]:
+    """Parameters (beta_u, beta_a), each (types,), started as ``kind`` prescribes (official: the given values)."""
+    if kind not in BETA_PARAMETRISATIONS:
+        raise ValueError(f"unknown beta_parametrisation {kind!r}; valid: {', '.join(BETA_PARAMETRISATIONS)}")
+    official = kind == "official"
+    return (nn.Parameter(torch.full((types,), init_u if official else 0.0)),
+            nn.Parameter(torch.full((types,), init_a if official else 0.0)))
+
+
+def routing_betas(beta_u: Tensor, beta_a: Tensor, kind: str) -> tuple[Tensor, Tensor, float]:
+    """(beta_u, beta_a) in the direct form :func:`em_routing` takes, and the factor on lambda."""
+    if kind == "official":
+        return _OFFICIAL_BETA_U_SCALE * beta_u, _OFFICIAL_BETA_A_SCALE * beta_a, 2.0
+    return beta_u, beta_a, 1.0
 
 
 def patch_child_index(height: int, width: int, types: int, kernel: int, stride: int) -> Tensor:
@@ -96,6 +127,7 @@ class ConvCaps(nn.Module):
         normalisation: str = "official",
         lambda_scale: float = 1.0,
         transform_init: str = "identity",
+        beta_parametrisation: str = "direct",
         routing: RoutingFn = em_routing,
     ) -> None:
         super().__init__()
@@ -106,8 +138,8 @@ class ConvCaps(nn.Module):
         self.routing = routing
         slots = kernel_size * kernel_size * in_types
         self.weight = nn.Parameter(init_transforms((slots, out_types, 4, 4), transform_init))
-        self.beta_u = nn.Parameter(torch.zeros(out_types))
-        self.beta_a = nn.Parameter(torch.zeros(out_types))
+        self.beta_parametrisation = beta_parametrisation
+        self.beta_u, self.beta_a = init_betas(out_types, beta_parametrisation, init_u=0.5, init_a=0.5)
         self._geometry: tuple[int, int] | None = None
         self.register_buffer("child_index", torch.empty(0, dtype=torch.long), persistent=False)
 
@@ -125,27 +157,29 @@ class ConvCaps(nn.Module):
         out_w = (w - self.kernel_size) // self.stride + 1
         patches = poses.reshape(n, -1, 4, 4)[:, index]  # (N, L, I, 4, 4)
         patch_acts = activations.reshape(n, -1)[:, index]  # (N, L, I)
-        options = dict(schedule=self.schedule, lambda_scale=self.lambda_scale, normalisation=self.normalisation,
-                       child_index=index, num_children=h * w * self.in_types)
+        beta_u, beta_a, lambda_factor = routing_betas(self.beta_u, self.beta_a, self.beta_parametrisation)
+        options = dict(schedule=self.schedule, lambda_scale=self.lambda_scale * lambda_factor,
+                       normalisation=self.normalisation, child_index=index, num_children=h * w * self.in_types)
         if self.routing is em_routing and fused_votes_supported(patches, self.weight):
             # The votes are never stored: the C kernels recompute them from patches and W.
             out_poses, out_acts = em_routing_from_poses(
                 patches, self.weight, patch_acts, self.beta_u, self.beta_a, self.iterations, **options)
         else:
-            out_poses, out_acts = self._route_stored(patches, patch_acts, options)
+            out_poses, out_acts = self._route_stored(patches, patch_acts, beta_u, beta_a, options)
         return (
             out_poses.reshape(n, out_h, out_w, self.out_types, 16),
             out_acts.reshape(n, out_h, out_w, self.out_types),
         )
 
-    def _route_stored(self, patches: Tensor, patch_acts: Tensor, options: dict) -> tuple[Tensor, Tensor]:
+    def _route_stored(self, patches: Tensor, patch_acts: Tensor, beta_u: Tensor, beta_a: Tensor,
+                      options: dict) -> tuple[Tensor, Tensor]:
         """Build the votes (N, L, O, I, 16) and route them, a few images at a time so the
         vote-sized temporaries (tens of MB per image) stay bounded at any batch size."""
         outs = []
         for p, a in zip(patches.split(IMAGES_PER_CHUNK), patch_acts.split(IMAGES_PER_CHUNK)):
             votes = torch.einsum("nlirk,iokc->nloirc", p, self.weight)
             votes = votes.reshape(p.shape[0], p.shape[1], self.out_types, p.shape[2], 16)
-            outs.append(self.routing(votes, a, self.beta_u, self.beta_a, self.iterations, **options))
+            outs.append(self.routing(votes, a, beta_u, beta_a, self.iterations, **options))
         return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
 
@@ -169,6 +203,7 @@ class ClassCaps(nn.Module):
         normalisation: str = "official",
         lambda_scale: float = 1.0,
         transform_init: str = "identity",
+        beta_parametrisation: str = "direct",
         routing: RoutingFn = em_routing,
     ) -> None:
         super().__init__()
@@ -177,8 +212,8 @@ class ClassCaps(nn.Module):
         self.iterations, self.schedule, self.normalisation = iterations, schedule, normalisation
         self.routing = routing
         self.weight = nn.Parameter(init_transforms((in_types, num_classes, 4, 4), transform_init))
-        self.beta_u = nn.Parameter(torch.zeros(num_classes))
-        self.beta_a = nn.Parameter(torch.zeros(num_classes))
+        self.beta_parametrisation = beta_parametrisation
+        self.beta_u, self.beta_a = init_betas(num_classes, beta_parametrisation, init_u=2.0, init_a=1.0)
         # centres: (H, W, 2) receptive-field centres, scaled to [0, 1] of the input image.
         self.register_buffer("centres", centres.clone(), persistent=False)
 
@@ -190,9 +225,10 @@ class ClassCaps(nn.Module):
         offsets[:, 0, 3] = self.centres.reshape(h * w, 2)[:, 0]
         offsets[:, 0, 7] = self.centres.reshape(h * w, 2)[:, 1]
         votes = (votes + offsets).reshape(n, 1, self.num_classes, h * w * d, 16)
-        lambda_scale = self.lambda_scale * (0.25 if self.schedule == "official" else 1.0)
+        beta_u, beta_a, lambda_factor = routing_betas(self.beta_u, self.beta_a, self.beta_parametrisation)
+        lambda_scale = self.lambda_scale * lambda_factor * (0.25 if self.schedule == "official" else 1.0)
         out_poses, out_acts = self.routing(
-            votes, activations.reshape(n, 1, h * w * d), self.beta_u, self.beta_a, self.iterations,
+            votes, activations.reshape(n, 1, h * w * d), beta_u, beta_a, self.iterations,
             schedule=self.schedule, lambda_scale=lambda_scale, normalisation=self.normalisation,
         )
         return out_poses.reshape(n, self.num_classes, 16), out_acts.reshape(n, self.num_classes)
