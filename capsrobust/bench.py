@@ -46,7 +46,9 @@ class ModelBenchConfig:
     train_batch: int = 32
     infer_batch: int = 128
     steps: int = 3
-    warmup: int = 1
+    #: untimed steps first: a training process reaches its steady state (heap grown, pages mapped,
+    #: kernels built) only after a few steps, and a real run spends nearly all its time there.
+    warmup: int = 3
     threads: int | None = None
     compile: bool = False
 
@@ -163,6 +165,7 @@ def bench_models(
     models: tuple[str, ...] = ("capsules", "capsules-small", "cnn"),
     *,
     steps: int = 3,
+    warmup: int = 3,
     train_batch: int = 32,
     infer_batch: int = 128,
     straightforward: tuple[str, ...] = ("capsules", "capsules-small"),
@@ -171,7 +174,8 @@ def bench_models(
     compile: bool = False,
     isolate: bool = True,
 ) -> pd.DataFrame:
-    """Images/s (train at ``train_batch``, inference at ``infer_batch``) and peak RSS per model.
+    """Images/s (train at ``train_batch``, inference at ``infer_batch``) and peak RSS per model,
+    each timed over ``steps`` steps after ``warmup`` untimed ones.
 
     Models named in ``straightforward`` are measured twice more: with the PyTorch-only routing over
     stored votes (``stored``: the fused kernels off) and built with the naive routing
@@ -182,11 +186,11 @@ def bench_models(
     measure = _measure_in_subprocess if isolate else measure_model
     rows = []
     for name in models:
-        rows.append(measure(ModelBenchConfig(name, FAST, train_batch, infer_batch, steps, 1, threads, compile)))
+        rows.append(measure(ModelBenchConfig(name, FAST, train_batch, infer_batch, steps, warmup, threads, compile)))
         if name in straightforward:
-            rows.append(measure(ModelBenchConfig(name, STORED, train_batch, infer_batch, steps, 1, threads, False)))
+            rows.append(measure(ModelBenchConfig(name, STORED, train_batch, infer_batch, steps, warmup, threads, False)))
             small = min(straightforward_batch, train_batch)
-            rows.append(measure(ModelBenchConfig(name, STRAIGHTFORWARD, small, small, max(1, steps // 2), 1,
+            rows.append(measure(ModelBenchConfig(name, STRAIGHTFORWARD, small, small, max(1, steps // 2), warmup,
                                                  threads, False)))
     table = pd.DataFrame(rows)
     table["infer_over_train"] = table["infer_img_s"] / table["train_img_s"]
@@ -254,8 +258,8 @@ def bench_routing(batch: int = 8, *, steps: int = 3, threads: int | None = None)
             rows.append({
                 "routing": name,
                 "batch": batch,
-                "forward_ms": 1000 * _timed(forward, steps, 1),
-                "forward_backward_ms": 1000 * _timed(forward_backward, steps, 1),
+                "forward_ms": 1000 * _timed(forward, steps, 2),
+                "forward_backward_ms": 1000 * _timed(forward_backward, steps, 2),
             })
     table = pd.DataFrame(rows)
     base = table.set_index("routing").loc[STRAIGHTFORWARD]

@@ -51,7 +51,7 @@ def bench() -> None:
 
 @bench.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of markdown tables.")
-@click.option("--quick", is_flag=True, help="Fewer timed steps and a smaller straightforward run.")
+@click.option("--quick", is_flag=True, help="One warm-up and one timed step per measurement, a smaller straightforward run.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Timed steps per measurement (default 3; 1 with --quick).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's choice).")
 @click.option("--compile", "use_compile", is_flag=True, help="Run the fast models through torch.compile (optional path; slow to start).")
@@ -68,7 +68,7 @@ def models(as_json: bool, quick: bool, steps: int | None, threads: int | None, u
 
     steps = steps or (1 if quick else 3)
     model_table = bench_models(
-        steps=steps, train_batch=train_batch, infer_batch=infer_batch,
+        steps=steps, warmup=1 if quick else 3, train_batch=train_batch, infer_batch=infer_batch,
         straightforward_batch=min(4 if quick else 8, train_batch), threads=threads, compile=use_compile,
     )
     routing_table = bench_routing(routing_batch or (2 if quick else 8), steps=steps, threads=threads)
