@@ -43,6 +43,26 @@ def spread_margin(step: int, total_steps: int) -> float:
     return MARGIN_START + _OFFICIAL_SCALE / (1.0 + math.exp(-argument))
 
 
+#: ``"run"``: :func:`spread_margin` (the official curve stretched over the run, 0.2 -> 0.9);
+#: ``"official"``: :func:`official_spread_margin` (the official time axis: ~0.2 for the first
+#: ~100K steps, 0.9 only after ~300K).
+MARGIN_SCHEDULES: tuple[str, ...] = ("run", "official")
+
+
+def official_spread_margin(step: int) -> float:
+    """The official code's margin at ``step``: 0.2 + 0.79 sigmoid(min(10, step / 50000 - 4))."""
+    return MARGIN_START + _OFFICIAL_SCALE / (1.0 + math.exp(-min(_OFFICIAL_CAP, step / 50000.0 - _OFFICIAL_OFFSET)))
+
+
+def margin_at(schedule: str, step: int, total_steps: int) -> float:
+    """Spread-loss margin at ``step`` under ``schedule`` (one of :data:`MARGIN_SCHEDULES`)."""
+    if schedule == "run":
+        return spread_margin(step, total_steps)
+    if schedule == "official":
+        return official_spread_margin(step)
+    raise ValueError(f"unknown margin schedule {schedule!r}; valid: {', '.join(MARGIN_SCHEDULES)}")
+
+
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy for the CNN: logits (N, classes), targets (N,) -> scalar."""
     return F.cross_entropy(logits, targets)

@@ -36,7 +36,7 @@ from capsrobust.data.transforms import AugmentParams, augment_batch, sample_augm
 from capsrobust.distributed import setup_distributed
 from capsrobust.errors import CheckpointError, ConfigError
 from capsrobust.evaluation.accuracy import error_rate
-from capsrobust.losses import cross_entropy, spread_loss, spread_margin
+from capsrobust.losses import MARGIN_SCHEDULES, cross_entropy, margin_at, spread_loss
 from capsrobust.models import MODEL_NAMES, build_model
 from capsrobust.provenance import provenance
 
@@ -64,6 +64,7 @@ class TrainConfig:
     target_familiar_error: float | None = None
     max_eval_examples: int = 0  # 0: whole validation sets
     keep_checkpoints: bool = False  # also save checkpoints/step-<step>.pt (evaluation-only) at each evaluation
+    margin_schedule: str = "run"  # capsule nets' spread-loss margin: "run" or "official" (losses.MARGIN_SCHEDULES)
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -81,6 +82,8 @@ class TrainConfig:
             raise ConfigError(f"--target-familiar-error must be a fraction in [0, 1], got {self.target_familiar_error}")
         if self.max_eval_examples < 0:
             raise ConfigError(f"--max-eval-examples must be 0 (all) or positive, got {self.max_eval_examples}")
+        if self.margin_schedule not in MARGIN_SCHEDULES:
+            raise ConfigError(f"unknown --margin-schedule {self.margin_schedule!r}; valid: {', '.join(MARGIN_SCHEDULES)}")
         lambda_scale = self.model_overrides.get("lambda_scale")
         if lambda_scale is not None and not lambda_scale > 0:
             raise ConfigError(f"--lambda-scale must be positive (1 = official), got {lambda_scale}")
@@ -145,9 +148,10 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _loss_fn(model: nn.Module, step: int, steps: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _loss_fn(model: nn.Module, step: int, steps: int,
+             margin_schedule: str = "run") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if getattr(model, "score_kind", "logits") == "activation":
-        margin = spread_margin(step, steps)
+        margin = margin_at(margin_schedule, step, steps)
         return lambda scores, targets: spread_loss(scores, targets, margin)
     return cross_entropy
 
@@ -276,9 +280,10 @@ def train(
             "dataset_checksum": data.checksum, "mode": data.mode, "split": data.split,
         })
         saved = checkpoint["config"]
-        for key in ("batch_size", "seed", "lr", "lr_decay", "lr_decay_every", "weight_decay"):
-            if saved[key] != getattr(config, key):
-                raise CheckpointError(f"{last_path}: checkpoint was trained with {key}={saved[key]!r}, not "
+        defaults = {"margin_schedule": "run"}  # runs from before the option trained with it
+        for key in ("batch_size", "seed", "lr", "lr_decay", "lr_decay_every", "weight_decay", "margin_schedule"):
+            if saved.get(key, defaults.get(key)) != getattr(config, key):
+                raise CheckpointError(f"{last_path}: checkpoint was trained with {key}={saved.get(key)!r}, not "
                                       f"{getattr(config, key)!r}; resume with the same settings")
 
     dist = setup_distributed()
@@ -345,7 +350,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step, steps)
             scores = parallel_model(images)
-            loss = _loss_fn(model, step, steps)(scores, labels)
+            loss = _loss_fn(model, step, steps, config.margin_schedule)(scores, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -43,6 +43,9 @@ from capsrobust_cli.errors import UserError
                    "code's constants: beta_a x 5000, log variances) [default: direct].")
 @click.option("--transform-init", type=click.Choice(["identity", "normal"]), default=None,
               help="Capsule models: start each 4x4 transform at I + noise or at random [default: identity].")
+@click.option("--margin-schedule", type=click.Choice(["run", "official"]), default="run", show_default=True,
+              help="Capsule models' spread-loss margin: run (the official curve stretched over this run, 0.2 -> 0.9) "
+                   "or official (the authors' time axis: ~0.2 for the first 100K steps).")
 @click.option("--max-eval-examples", type=int, default=0, show_default=True,
               help="Evaluate on at most this many examples of each validation set (0: all).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (metrics are still printed and logged).")
@@ -51,7 +54,7 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
           target_familiar_error: float | None, eval_every: int, checkpoint_every: int,
           iterations: int | None, lambda_scale: float | None, routing_schedule: str | None,
           beta_parametrisation: str | None, transform_init: str | None,
-          max_eval_examples: int, no_progress: bool) -> None:
+          margin_schedule: str, max_eval_examples: int, no_progress: bool) -> None:
     """Train a model; checkpoints, metrics and provenance go to the run directory.
 
     Data-parallel: the same command under torchrun (gloo on CPUs, nccl on GPUs), e.g.
@@ -83,6 +86,7 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
                          steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          target_familiar_error=target_familiar_error, eval_every=eval_every,
                          checkpoint_every=checkpoint_every, max_eval_examples=max_eval_examples,
+                         margin_schedule=margin_schedule,
                          model_overrides=overrides)
     out = out_dir or Path("runs") / f"{model_name}-{split}-seed{seed}"
     try:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from capsrobust.losses import cross_entropy, spread_loss, spread_margin
+from capsrobust.losses import cross_entropy, margin_at, official_spread_margin, spread_loss, spread_margin
 
 
 def test_spread_loss_is_zero_when_target_leads_by_the_margin():
@@ -48,3 +48,16 @@ def test_cross_entropy_matches_log_softmax():
     targets = torch.tensor([0, 1, 2, 4])
     expected = -torch.log_softmax(logits, 1)[torch.arange(4), targets].mean()
     assert cross_entropy(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_official_margin_schedule_keeps_the_authors_time_axis():
+    assert official_spread_margin(0) == pytest.approx(0.2 + 0.79 / (1 + math.exp(4)))
+    assert official_spread_margin(10_000) < 0.22  # a short run never leaves ~0.2
+    assert official_spread_margin(300_000) == pytest.approx(0.2 + 0.79 / (1 + math.exp(-2)))
+    assert margin_at("official", 500, 1000) == official_spread_margin(500)
+    assert margin_at("run", 1000, 1000) == pytest.approx(0.9)
+
+
+def test_unknown_margin_schedule_is_rejected():
+    with pytest.raises(ValueError, match="run, official"):
+        margin_at("cosine", 0, 10)

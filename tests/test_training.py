@@ -294,12 +294,13 @@ def test_capsule_options_are_recorded_in_the_run(data_dir: Path, tmp_path: Path)
     result = CliRunner().invoke(cli, ["train", "--model", "capsules-small", "--data-dir", str(data_dir), "--out",
                                       str(out), "--steps", "1", "--batch-size", "2", "--lambda-scale", "10",
                                       "--routing-schedule", "normalized", "--beta-parametrisation", "official",
-                                      "--transform-init", "normal", "--max-eval-examples", "4", "--no-progress"])
+                                      "--transform-init", "normal", "--margin-schedule", "official", "--max-eval-examples", "4", "--no-progress"])
     assert result.exit_code == 0, result.output
     config = json.loads((out / "run.json").read_text())["config"]
     assert config["model_overrides"] == {"lambda_scale": 10.0, "schedule": "normalized",
                                          "beta_parametrisation": "official", "transform_init": "normal"}
     assert config["max_eval_examples"] == 4
+    assert config["margin_schedule"] == "official"
     model = model_from_checkpoint(load_checkpoint(out / "last.pt"))
     assert model.conv_caps1.lambda_scale == 10.0
     assert model.conv_caps1.schedule == model.class_caps.schedule == "normalized"
