@@ -164,8 +164,8 @@ class FusedVotes:
         self.shape = (n, length, types, slots, 16)
         self.tiles = n * length
         self.M = patches.detach().reshape(self.tiles, slots, 16).contiguous()
-        self.Wt = weight.detach().permute(0, 2, 1, 3).reshape(slots, 4, 4 * types).contiguous()
-        self.cc = vote_kernels.centre(self.M, self.Wt)  # (B, O, 16)
+        self.Wt = vote_kernels.transforms_for_kernels(weight.detach())  # (I, 4, lanes)
+        self.cc = vote_kernels.centre(self.M, self.Wt, types)  # (B, O, 16)
         self.centre = self.cc.view(n, length, types, 16)
 
     def _tiles(self, tensor: Tensor) -> Tensor:
@@ -185,7 +185,7 @@ class FusedVotes:
         n, length, types, slots, _ = self.shape
         g_m, g_wt = self.kernels.vote_backward(self.M, self.Wt, self.cc, [self._tiles(f) for f in left],
                                                [self._tiles(f) for f in right])
-        return g_m.view(n, length, slots, 4, 4), g_wt.view(slots, 4, types, 4).permute(0, 2, 1, 3)
+        return g_m.view(n, length, slots, 4, 4), self.kernels.transforms_from_kernels(g_wt, types)
 
 
 def fused_votes_supported(patches: Tensor, weight: Tensor) -> bool:

@@ -8,8 +8,8 @@ ctypes releases the GIL during a call, so the wrappers split the tiles over
 slower); ``CAPSROBUST_VOTE_KERNELS=0`` forces that fallback.
 
 All tensors are float32, contiguous, on the CPU; shapes (B tiles, I children, O parents,
-OC = 4 O) as in the C file:
-    M (B, I, 16), Wt (I, 4, OC), cc (B, O, 16), weights/projections (B, O, I), sums/coeff (B, O, 32).
+OCP = 4 O rounded up to a multiple of LANES, see :func:`transforms_for_kernels`) as in the C file:
+    M (B, I, 16), Wt (I, 4, OCP), cc (B, O, 16), weights/projections (B, O, I), sums/coeff (B, O, 32).
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno
           "-fno-trapping-math", "-shared", "-fPIC"]
 #: The backward kernel takes at most this many factor pairs per call.
 MAX_PAIRS = 8
-#: Largest 4 * (parent types) the kernels' stack buffers hold (MAX_OC in the C file).
+#: Largest 4 * (parent types), rounded up to LANES, the kernels' stack buffers hold (MAX_OCP in the C file).
 MAX_OC = 1024
+#: Vector block width of the kernels (LANES in the C file): Wt's last axis is padded to a multiple.
+LANES = 16
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
@@ -134,11 +136,25 @@ def _ptr(tensor: Tensor) -> int:
     return tensor.data_ptr()
 
 
-def centre(M: Tensor, Wt: Tensor) -> Tensor:
+def transforms_for_kernels(weight: Tensor) -> Tensor:
+    """weight (I, O, 4, 4), W[i, o][k][c] -> Wt (I, 4, OCP): [i][k][o * 4 + c], zero-padded lanes."""
+    slots, types = weight.shape[:2]
+    lanes = -(-4 * types // LANES) * LANES
+    wt = weight.new_zeros((slots, 4, lanes))
+    wt[:, :, : 4 * types] = weight.permute(0, 2, 1, 3).reshape(slots, 4, 4 * types)
+    return wt
+
+
+def transforms_from_kernels(grad_wt: Tensor, types: int) -> Tensor:
+    """The inverse layout change: (I, 4, OCP) -> (I, O, 4, 4), padding dropped."""
+    slots = grad_wt.shape[0]
+    return grad_wt[:, :, : 4 * types].reshape(slots, 4, types, 4).permute(0, 2, 1, 3)
+
+
+def centre(M: Tensor, Wt: Tensor, types: int) -> Tensor:
     """cc (B, O, 16): the mean vote of every parent over its I children."""
     lib = library()
     tiles, slots, _ = M.shape
-    types = Wt.shape[2] // 4
     cc = M.new_empty((tiles, types, 16))
     _parallel(lib.cr_centre, tiles, lambda p: (_ptr(M), _ptr(Wt), _ptr(cc), slots, types))
     return cc
@@ -148,7 +164,7 @@ def weighted_sums(M: Tensor, Wt: Tensor, cc: Tensor, weights: Tensor) -> Tensor:
     """weights (B, O, I) -> (B, O, 32): [sum_i w d, sum_i w d^2], d = votes - cc."""
     lib = library()
     tiles, slots, _ = M.shape
-    types = Wt.shape[2] // 4
+    types = cc.shape[1]
     out = M.new_empty((tiles, types, 32))
     _parallel(lib.cr_msums, tiles, lambda p: (_ptr(M), _ptr(Wt), _ptr(cc), _ptr(weights), _ptr(out), slots, types))
     return out
@@ -158,17 +174,17 @@ def projections(M: Tensor, Wt: Tensor, cc: Tensor, coeff: Tensor) -> Tensor:
     """coeff (B, O, 32) -> (B, O, I): sum over the 16 entries of coeff[:16] d + coeff[16:] d^2."""
     lib = library()
     tiles, slots, _ = M.shape
-    types = Wt.shape[2] // 4
+    types = cc.shape[1]
     out = M.new_empty((tiles, types, slots))
     _parallel(lib.cr_proj, tiles, lambda p: (_ptr(M), _ptr(Wt), _ptr(cc), _ptr(coeff), _ptr(out), slots, types))
     return out
 
 
 def vote_backward(M: Tensor, Wt: Tensor, cc: Tensor, left: list[Tensor], right: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Gradients (dM (B, I, 16), dWt (I, 4, OC)) from factor pairs left_k (B, O, I), right_k (B, O, 32)."""
+    """Gradients (dM (B, I, 16), dWt (I, 4, OCP)) from factor pairs left_k (B, O, I), right_k (B, O, 32)."""
     lib = library()
     tiles, slots, _ = M.shape
-    types = Wt.shape[2] // 4
+    types = cc.shape[1]
     parts = max(1, min(torch.get_num_threads(), tiles))
     grad_m = torch.zeros_like(M)
     grad_wt = Wt.new_zeros((parts,) + tuple(Wt.shape))  # one buffer per thread, summed below
