@@ -22,6 +22,7 @@ Examples:
   capsrobust data show --out sheet.png            # look at the data
   capsrobust train --model capsules-small --out runs/caps    # checkpoints, metrics, run.json
   capsrobust evaluate runs/caps/best.pt           # test error
+  capsrobust inspect runs/caps/best.pt            # activation/pose statistics per capsule layer
   capsrobust attack fgsm,bim --eps 0:0.3:0.02 --targeted   # adversarial error vs eps, both models
   capsrobust viewpoint-split azimuth --seeds 3    # Table 2: novel-view error at matched familiar error
   capsrobust bench models                         # images/s and memory per model
@@ -49,6 +50,7 @@ def _register() -> None:
     from capsrobust_cli.data_synth import bench_data, difficulty, render, show
     from capsrobust_cli.evaluate import evaluate
     from capsrobust_cli.export import export
+    from capsrobust_cli.inspect_caps import inspect_caps
     from capsrobust_cli.train import train
     from capsrobust_cli.viewpoint import viewpoint_split
 
@@ -56,7 +58,7 @@ def _register() -> None:
         data.add_command(command)
     bench.add_command(bench_data)
     bench.add_command(bench_attacks)
-    for command in (data, train, evaluate, export, attack, viewpoint_split, bench):
+    for command in (data, train, evaluate, export, inspect_caps, attack, viewpoint_split, bench):
         cli.add_command(command)
 
 

@@ -169,3 +169,21 @@ def test_official_betas_move_the_class_logits_thousands_of_times_faster():
 def test_unknown_beta_parametrisation_is_rejected():
     with pytest.raises(ValueError, match="beta_parametrisation"):
         build_model("capsules-small", beta_parametrisation="learned")
+
+
+def test_capsule_layer_statistics_cover_every_capsule_layer_in_order():
+    from capsrobust.evaluation.capsule_stats import capsule_layer_statistics
+
+    torch.manual_seed(0)
+    table = capsule_layer_statistics(build_model("capsules-small"), torch.rand(6, 2, 32, 32), batch_size=4)
+    assert list(table["layer"]) == ["primary_caps", "conv_caps1", "conv_caps2", "class_caps"]
+    assert list(table["capsules"]) == [14 * 14 * 8, 6 * 6 * 16, 4 * 4 * 16, 5]
+    assert ((table["act_q05"] <= table["act_q50"]) & (table["act_q50"] <= table["act_q95"])).all()
+    assert ((table["act_mean"] > 0) & (table["act_mean"] < 1) & (table["pose_std"] > 0)).all()
+
+
+def test_capsule_layer_statistics_refuse_a_model_without_capsules():
+    from capsrobust.evaluation.capsule_stats import capsule_layer_statistics
+
+    with pytest.raises(ValueError, match="no capsule layers"):
+        capsule_layer_statistics(build_model("cnn"), torch.rand(2, 2, 32, 32))

@@ -305,3 +305,20 @@ def test_capsule_options_are_recorded_in_the_run(data_dir: Path, tmp_path: Path)
     assert model.conv_caps1.lambda_scale == 10.0
     assert model.conv_caps1.schedule == model.class_caps.schedule == "normalized"
     assert model.conv_caps2.beta_parametrisation == model.class_caps.beta_parametrisation == "official"
+
+
+def test_inspect_prints_per_layer_statistics_and_refuses_a_cnn(data_dir: Path, tmp_path: Path) -> None:
+    caps, cnn = tmp_path / "caps", tmp_path / "cnn"
+    for model, out in (("capsules-small", caps), ("cnn", cnn)):
+        result = CliRunner().invoke(cli, ["train", "--model", model, "--data-dir", str(data_dir), "--out", str(out),
+                                          "--steps", "1", "--batch-size", "2", "--max-eval-examples", "4",
+                                          "--no-progress"])
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["inspect", str(caps / "last.pt"), "--data-dir", str(data_dir), "--n", "8",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["images"] == 8 and [r["kind"] for r in report["layers"]] == [
+        "PrimaryCaps", "ConvCaps", "ConvCaps", "ClassCaps"]
+    assert_one_line_error(CliRunner().invoke(cli, ["inspect", str(cnn / "last.pt"), "--data-dir", str(data_dir)]),
+                          "capsule nets")
