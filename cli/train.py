@@ -82,6 +82,9 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
         raise UserError("--iterations, --lambda-scale, --routing-schedule, --beta-parametrisation and "
                         "--transform-init apply to capsule models only; "
                         "drop them or choose --model capsules/capsules-small")
+    if model_name == "cnn" and margin_schedule != "run":
+        raise UserError("--margin-schedule applies to the capsule nets' spread loss only (the cnn uses cross-entropy); "
+                        "drop it or choose --model capsules/capsules-small")
     config = TrainConfig(model=model_name, split=split, data_dir=str(data_dir) if data_dir else None, mode=mode,
                          steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          target_familiar_error=target_familiar_error, eval_every=eval_every,

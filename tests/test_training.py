@@ -282,6 +282,7 @@ def test_data_parallel_run_under_torchrun_resumes_exactly(data_dir: Path, tmp_pa
     (["--model", "cnn", "--transform-init", "normal"], "capsule models only"),
     (["--model", "cnn", "--routing-schedule", "normalized"], "capsule models only"),
     (["--model", "cnn", "--beta-parametrisation", "official"], "capsule models only"),
+    (["--model", "cnn", "--margin-schedule", "official"], "spread loss only"),
     (["--lambda-scale", "0"], "--lambda-scale must be positive"),
     (["--max-eval-examples", "-1"], "--max-eval-examples"),
 ])
