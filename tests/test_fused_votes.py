@@ -77,7 +77,7 @@ def test_vote_backward_matches_autograd_through_the_votes_for_more_pairs_than_on
 
     M = patches.detach().float().reshape(tiles, slots, 16).contiguous()
     Wt = vote_kernels.transforms_for_kernels(weight.detach().float())
-    cc = vote_kernels.centre(M, Wt, types)
+    cc = vote_kernels.centre(M, weight.detach().float())
     g_m, g_wt = vote_kernels.vote_backward(M, Wt, cc, [l.float() for l in left], [r.float() for r in right])
     torch.testing.assert_close(g_m.view(tiles, slots, 4, 4).double(), patches.grad, atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(vote_kernels.transforms_from_kernels(g_wt, types).double(), weight.grad,

@@ -18,7 +18,8 @@
  * of LANES lanes holds one row of the votes of LANES / 4 parents. The loops run over blocks of
  * LANES lanes with the child index innermost, so a block's accumulators stay in registers while
  * the children stream past. Padded lanes have W = 0 and weight 0 and are never written out.
- * Every function works on tiles [b0, b1), so callers can split the work across threads.
+ * Every function works on tiles [b0, b1), so callers can split the work across threads. (The
+ * centre cc itself is one matrix product over (child, k), done in PyTorch.)
  */
 #include <string.h>
 
@@ -72,26 +73,6 @@ static inline void load_rows(const float *restrict rows, int ocp, int jb, float 
 }
 
 static inline int padded(int O) { return (4 * O + LANES - 1) / LANES * LANES; }
-
-/* cc[b] = mean_i V[b, :, i]. */
-void cr_centre(const float *M, const float *Wt, float *cc, int I, int O, long b0, long b1) {
-    const int ocp = padded(O);
-    float rows[4 * MAX_OCP];
-    const float zero[4][LANES] = {{0}};
-    for (long b = b0; b < b1; ++b) {
-        for (int jb = 0; jb < ocp; jb += LANES) {
-            float acc[4][LANES] = {{0}}, d[4][LANES];
-            for (int i = 0; i < I; ++i) {
-                votes_block(M + (b * I + i) * 16, Wt + (long)i * 4 * ocp + jb, ocp, zero, d);
-                for (int r = 0; r < 4; ++r)
-                    for (int l = 0; l < LANES; ++l) acc[r][l] += d[r][l];
-            }
-            for (int r = 0; r < 4; ++r)
-                for (int l = 0; l < LANES; ++l) rows[r * ocp + jb + l] = acc[r][l] / (float)I;
-        }
-        from_rows(rows, cc + b * 16 * O, O, ocp, 1);
-    }
-}
 
 /* S[b, o] = [sum_i w[b, o, i] d, sum_i w[b, o, i] d^2]. */
 void cr_msums(const float *M, const float *Wt, const float *cc, const float *w, float *S, int I, int O,

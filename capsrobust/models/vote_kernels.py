@@ -52,7 +52,6 @@ _f = ctypes.c_void_p
 _i = ctypes.c_int
 _l = ctypes.c_long
 _SIGNATURES = {
-    "cr_centre": [_f, _f, _f, _i, _i, _l, _l],
     "cr_msums": [_f, _f, _f, _f, _f, _i, _i, _l, _l],
     "cr_proj": [_f, _f, _f, _f, _f, _i, _i, _l, _l],
     "cr_vote_backward": [_f, _f, _f, _f, _f, _i, _f, _f, _i, _i, _l, _l],
@@ -151,13 +150,17 @@ def transforms_from_kernels(grad_wt: Tensor, types: int) -> Tensor:
     return grad_wt[:, :, : 4 * types].reshape(slots, 4, types, 4).permute(0, 2, 1, 3)
 
 
-def centre(M: Tensor, Wt: Tensor, types: int) -> Tensor:
-    """cc (B, O, 16): the mean vote of every parent over its I children."""
-    lib = library()
+def centre(M: Tensor, weight: Tensor) -> Tensor:
+    """cc (B, O, 16): the mean vote of every parent over its I children, M (B, I, 16), weight (I, O, 4, 4).
+
+    sum_i M[b, i] W[i, o] contracts (child, k) at once: one (B 4, I 4) @ (I 4, O 4) matrix product.
+    """
     tiles, slots, _ = M.shape
-    cc = M.new_empty((tiles, types, 16))
-    _parallel(lib.cr_centre, tiles, lambda p: (_ptr(M), _ptr(Wt), _ptr(cc), slots, types))
-    return cc
+    types = weight.shape[1]
+    lhs = M.view(tiles, slots, 4, 4).permute(0, 2, 1, 3).reshape(tiles * 4, slots * 4)  # [(b, r), (i, k)]
+    rhs = weight.permute(0, 2, 1, 3).reshape(slots * 4, types * 4)  # [(i, k), (o, c)]
+    means = (lhs @ rhs).div_(slots).view(tiles, 4, types, 4)
+    return means.permute(0, 2, 1, 3).reshape(tiles, types, 16).contiguous()
 
 
 def weighted_sums(M: Tensor, Wt: Tensor, cc: Tensor, weights: Tensor) -> Tensor:
