@@ -84,9 +84,10 @@ class TrainConfig:
             raise ConfigError(f"--max-eval-examples must be 0 (all) or positive, got {self.max_eval_examples}")
         if self.margin_schedule not in MARGIN_SCHEDULES:
             raise ConfigError(f"unknown --margin-schedule {self.margin_schedule!r}; valid: {', '.join(MARGIN_SCHEDULES)}")
-        lambda_scale = self.model_overrides.get("lambda_scale")
-        if lambda_scale is not None and not lambda_scale > 0:
-            raise ConfigError(f"--lambda-scale must be positive (1 = official), got {lambda_scale}")
+        for key in ("lambda_scale", "conv_lambda_scale"):
+            value = self.model_overrides.get(key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"--{key.replace('_', '-')} must be positive (1 = official), got {value}")
 
 
 class TrainingInterrupted(Exception):

@@ -35,6 +35,9 @@ from capsrobust_cli.errors import UserError
 @click.option("--iterations", type=int, default=None, help="EM routing iterations (capsule models) [default: 3].")
 @click.option("--lambda-scale", type=float, default=None,
               help="Capsule models: multiply every layer's EM inverse temperature (1 = official) [default: 1].")
+@click.option("--conv-lambda-scale", type=float, default=None,
+              help="Capsule models: multiply the convolutional capsule layers' inverse temperature once more "
+                   "(on top of --lambda-scale) [default: 1].")
 @click.option("--routing-schedule", type=click.Choice(["official", "normalized"]), default=None,
               help="Capsule models: EM inverse-temperature schedule; official (lambda 0.01, raw costs) or normalized "
                    "(costs standardised over each layer's parents, lambda 1, 2, 3) [default: official].")
@@ -52,7 +55,8 @@ from capsrobust_cli.errors import UserError
 def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: int | None, epochs: float | None,
           batch_size: int, lr: float, seed: int, out_dir: Path | None, resume: bool,
           target_familiar_error: float | None, eval_every: int, checkpoint_every: int,
-          iterations: int | None, lambda_scale: float | None, routing_schedule: str | None,
+          iterations: int | None, lambda_scale: float | None, conv_lambda_scale: float | None,
+          routing_schedule: str | None,
           beta_parametrisation: str | None, transform_init: str | None,
           margin_schedule: str, max_eval_examples: int, no_progress: bool) -> None:
     """Train a model; checkpoints, metrics and provenance go to the run directory.
@@ -75,12 +79,13 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
     from capsrobust.training import TrainConfig, TrainingInterrupted
     from capsrobust.training import train as run_training
 
-    capsule_options = {"iterations": iterations, "lambda_scale": lambda_scale, "schedule": routing_schedule,
+    capsule_options = {"iterations": iterations, "lambda_scale": lambda_scale, "conv_lambda_scale": conv_lambda_scale,
+                       "schedule": routing_schedule,
                        "beta_parametrisation": beta_parametrisation, "transform_init": transform_init}
     overrides = {key: value for key, value in capsule_options.items() if value is not None}
     if overrides and model_name == "cnn":
-        raise UserError("--iterations, --lambda-scale, --routing-schedule, --beta-parametrisation and "
-                        "--transform-init apply to capsule models only; "
+        raise UserError("--iterations, --lambda-scale, --conv-lambda-scale, --routing-schedule, "
+                        "--beta-parametrisation and --transform-init apply to capsule models only; "
                         "drop them or choose --model capsules/capsules-small")
     if model_name == "cnn" and margin_schedule != "run":
         raise UserError("--margin-schedule applies to the capsule nets' spread loss only (the cnn uses cross-entropy); "

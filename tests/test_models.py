@@ -130,6 +130,18 @@ def test_lambda_scale_reaches_every_routed_layer():
     assert seen == pytest.approx([10.0, 10.0, 2.5])
 
 
+def test_conv_lambda_scale_reaches_the_convolutional_capsule_layers_only():
+    seen = []
+
+    def spy(*args, lambda_scale=1.0, **kwargs):
+        seen.append(lambda_scale)
+        return naive_em_routing(*args, lambda_scale=lambda_scale, **kwargs)
+
+    model = build_model("capsules-small", A=4, B=2, C=2, D=2, lambda_scale=2.0, conv_lambda_scale=50.0, routing=spy)
+    model(torch.rand(1, 2, 32, 32))
+    assert seen == pytest.approx([100.0, 100.0, 0.5])
+
+
 def test_official_beta_parametrisation_reproduces_the_official_logit():
     """logit = lambda (-5000 b_a - mass (sum_h log sigma_h^2 + 16 (log 2 pi + 1) b_u)) (official em_layers.py)."""
     import math

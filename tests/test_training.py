@@ -284,6 +284,7 @@ def test_data_parallel_run_under_torchrun_resumes_exactly(data_dir: Path, tmp_pa
     (["--model", "cnn", "--beta-parametrisation", "official"], "capsule models only"),
     (["--model", "cnn", "--margin-schedule", "official"], "spread loss only"),
     (["--lambda-scale", "0"], "--lambda-scale must be positive"),
+    (["--conv-lambda-scale", "-1"], "--conv-lambda-scale must be positive"),
     (["--max-eval-examples", "-1"], "--max-eval-examples"),
 ])
 def test_bad_capsule_options_are_one_line_errors(args: list[str], fragment: str) -> None:

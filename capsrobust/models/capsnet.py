@@ -35,7 +35,11 @@ class MatrixCapsNet(nn.Module):
     :meth:`forward_with_poses` for the class poses as well.
 
     ``schedule``/``normalisation`` choose the EM-routing variant (:func:`em_routing`);
-    ``lambda_scale`` multiplies every layer's inverse temperature (1 = official); ``transform_init``
+    ``lambda_scale`` multiplies every layer's inverse temperature (1 = official) and
+    ``conv_lambda_scale`` the convolutional capsule layers' once more: a ConvCaps parent collects a
+    mass of only ~1 (each child's assignment is shared by the parents of every overlapping patch),
+    so at the official lambda its cost moves its logit by ~0.1 and its activation stays near 0.5
+    (``capsrobust inspect``); ``transform_init``
     is ``"identity"`` (default) or ``"normal"`` (see :data:`capsrobust.models.layers.TRANSFORM_INITS`);
     ``beta_parametrisation`` is ``"direct"`` (default) or ``"official"`` (the official code's cost
     constants; see :data:`capsrobust.models.layers.BETA_PARAMETRISATIONS`).
@@ -56,6 +60,7 @@ class MatrixCapsNet(nn.Module):
         schedule: str = "official",
         normalisation: str = "official",
         lambda_scale: float = 1.0,
+        conv_lambda_scale: float = 1.0,
         transform_init: str = "identity",
         beta_parametrisation: str = "direct",
         routing: RoutingFn = em_routing,
@@ -63,11 +68,12 @@ class MatrixCapsNet(nn.Module):
         super().__init__()
         options = dict(schedule=schedule, normalisation=normalisation, lambda_scale=lambda_scale,
                        transform_init=transform_init, beta_parametrisation=beta_parametrisation, routing=routing)
+        conv_options = dict(options, lambda_scale=lambda_scale * conv_lambda_scale)
         self.standardise = PerImageStandardisation()
         self.conv1 = nn.Conv2d(in_channels, A, kernel_size=5, stride=2)  # 32 -> 14
         self.primary_caps = PrimaryCaps(A, B)
-        self.conv_caps1 = ConvCaps(B, C, kernel_size=3, stride=2, iterations=iterations, **options)  # 14 -> 6
-        self.conv_caps2 = ConvCaps(C, D, kernel_size=3, stride=1, iterations=iterations, **options)  # 6 -> 4
+        self.conv_caps1 = ConvCaps(B, C, kernel_size=3, stride=2, iterations=iterations, **conv_options)  # 14 -> 6
+        self.conv_caps2 = ConvCaps(C, D, kernel_size=3, stride=1, iterations=iterations, **conv_options)  # 6 -> 4
         centres = receptive_field_centres([(5, 2), (1, 1), (3, 2), (3, 1)], grid=4)
         self.class_caps = ClassCaps(D, num_classes, centres, iterations=iterations, **options)
 
