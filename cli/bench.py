@@ -85,9 +85,7 @@ def models(as_json: bool, quick: bool, steps: int | None, threads: int | None, u
 
 def _write_bench(out_dir: Path, records: dict, sections: list[tuple[str, str]]) -> None:
     """models.md / models.json / provenance.json, each written atomically."""
-    import platform
-
-    from capsrobust.provenance import provenance
+    from capsrobust.provenance import cpu_model, provenance
     from capsrobust.reporting import markdown_report, write_json, atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -95,5 +93,5 @@ def _write_bench(out_dir: Path, records: dict, sections: list[tuple[str, str]]) 
              "Random inputs: no dataset is involved. Ratios come from one run on one machine.")
     atomic_write_text(out_dir / "models.md", markdown_report("capsrobust bench models", sections, intro))
     write_json(out_dir / "models.json", records)
-    write_json(out_dir / "provenance.json", provenance(cpu=platform.processor() or platform.machine(),
+    write_json(out_dir / "provenance.json", provenance(cpu=cpu_model(),
                                                       torch_threads=records["models"][0]["threads"]))
