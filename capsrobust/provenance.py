@@ -19,13 +19,17 @@ _PACKAGES = ("capsrobust", "torch", "torchvision", "torchattacks", "numpy", "pan
 
 
 def git_commit(cwd: str | os.PathLike[str] | None = None) -> str:
-    """``<sha>`` of HEAD (``+dirty`` if the tree has uncommitted changes), or ``unknown`` outside git."""
+    """``<sha>`` of HEAD, or ``unknown`` outside git; ``+dirty`` if tracked files other than ``results/``
+    have uncommitted changes (a command that rewrites its own tables under results/ is not running
+    uncommitted code)."""
     where = Path(cwd) if cwd else Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
                              check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=where, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+                               cwd=top, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return sha + ("+dirty" if dirty else "")
