@@ -56,16 +56,21 @@ def plot_learning_curves(metrics: pd.DataFrame, path: str | os.PathLike[str], *,
 
     from capsrobust.plots import plain_tick_labels, pyplot, save_figure
 
-    fig, (loss_ax, error_ax) = pyplot().subplots(1, 2, figsize=(11, 4.2))
+    from matplotlib.lines import Line2D
+
+    runs = list(dict.fromkeys(metrics["run"]))
+    below = len(runs) > 3  # many runs: one colour legend under both panels instead of over the curves
+    fig, (loss_ax, error_ax) = pyplot().subplots(1, 2, figsize=(11, 4.2 + (0.25 * ((len(runs) + 2) // 3) if below else 0)))
+    styles = {"train": ":"}
     for index, (run, rows) in enumerate(metrics.groupby("run", sort=False)):
         colour = f"C{index}"
         loss_ax.plot(rows["epoch"], rows["train_loss"], color=colour, label=run)
-        error_ax.plot(rows["epoch"], 100 * rows["train_error"], color=colour, linestyle=":", label=f"{run} train")
+        error_ax.plot(rows["epoch"], 100 * rows["train_error"], color=colour, linestyle=":")
         for column, style, name in (("validation_error", "-", "validation"),
                                     ("validation_novel_error", "--", "validation (novel views)")):
             if column in rows and rows[column].notna().any():
-                error_ax.plot(rows["epoch"], 100 * rows[column], color=colour, linestyle=style, marker=".",
-                              label=f"{run} {name}")
+                error_ax.plot(rows["epoch"], 100 * rows[column], color=colour, linestyle=style, marker=".")
+                styles[name] = style
     loss_ax.set(xlabel="epoch", ylabel="training loss (spread for capsules, CE for cnn)", yscale="log")
     error_ax.set(xlabel="epoch", ylabel="error (%)", yscale="log")
     for ax in (loss_ax, error_ax):
@@ -74,7 +79,15 @@ def plot_learning_curves(metrics: pd.DataFrame, path: str | os.PathLike[str], *,
         ax.yaxis.set_minor_formatter(NullFormatter())
         plain_tick_labels(ax.yaxis)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+    # Colour = run (left panel, or under both); line style = which error (right panel).
+    error_ax.legend([Line2D([], [], color="0.3", linestyle=style) for style in styles.values()], list(styles),
+                    fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
+    if below:
+        handles, labels = loss_ax.get_legend_handles_labels()
+        fig.tight_layout(rect=(0, 0.02 + 0.04 * ((len(runs) + 2) // 3), 1, 1))
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    else:
+        loss_ax.legend(fontsize=7)
+        fig.tight_layout()
     return save_figure(fig, path)
