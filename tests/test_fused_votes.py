@@ -104,9 +104,10 @@ def test_fused_routing_matches_stored_votes_at_extreme_pose_scales(scale):
         torch.testing.assert_close(got, want, atol=1e-4 * max(1.0, scale), rtol=2e-3, msg=lambda m: f"{name}: {m}")
 
 
-def test_conv_caps_gives_the_same_result_with_and_without_kernels(monkeypatch):
+@pytest.mark.parametrize("beta_parametrisation", ["direct", "official"])
+def test_conv_caps_gives_the_same_result_with_and_without_kernels(monkeypatch, beta_parametrisation):
     torch.manual_seed(0)
-    layer = ConvCaps(4, 5, kernel_size=3, stride=2)
+    layer = ConvCaps(4, 5, kernel_size=3, stride=2, beta_parametrisation=beta_parametrisation)
     poses, acts = torch.randn(3, 7, 7, 4, 16), torch.rand(3, 7, 7, 4)
     fused = layer(poses, acts)
     monkeypatch.setenv(vote_kernels.DISABLE_ENV, "0")

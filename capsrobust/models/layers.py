@@ -163,7 +163,7 @@ class ConvCaps(nn.Module):
         if self.routing is em_routing and fused_votes_supported(patches, self.weight):
             # The votes are never stored: the C kernels recompute them from patches and W.
             out_poses, out_acts = em_routing_from_poses(
-                patches, self.weight, patch_acts, self.beta_u, self.beta_a, self.iterations, **options)
+                patches, self.weight, patch_acts, beta_u, beta_a, self.iterations, **options)
         else:
             out_poses, out_acts = self._route_stored(patches, patch_acts, beta_u, beta_a, options)
         return (
