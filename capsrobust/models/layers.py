@@ -6,14 +6,13 @@ capsule of type T at grid position (H, W) -- and activations (N, H, W, T).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from capsrobust.models.routing import IMAGES_PER_CHUNK, em_routing, em_routing_from_poses, fused_votes_supported
+from capsrobust.models.routing import IMAGES_PER_CHUNK, em_routing, em_routing_from_poses
 
 RoutingFn = Callable[..., tuple[Tensor, Tensor]]
 
@@ -160,8 +159,9 @@ class ConvCaps(nn.Module):
         beta_u, beta_a, lambda_factor = routing_betas(self.beta_u, self.beta_a, self.beta_parametrisation)
         options = dict(schedule=self.schedule, lambda_scale=self.lambda_scale * lambda_factor,
                        normalisation=self.normalisation, child_index=index, num_children=h * w * self.in_types)
-        if self.routing is em_routing and fused_votes_supported(patches, self.weight):
-            # The votes are never stored: the C kernels recompute them from patches and W.
+        if self.routing is em_routing:
+            # Votes V = patches @ W: the C kernels recompute them and never store them (PyTorch
+            # fallback where the kernels cannot run).
             out_poses, out_acts = em_routing_from_poses(
                 patches, self.weight, patch_acts, beta_u, beta_a, self.iterations, **options)
         else:
@@ -173,8 +173,8 @@ class ConvCaps(nn.Module):
 
     def _route_stored(self, patches: Tensor, patch_acts: Tensor, beta_u: Tensor, beta_a: Tensor,
                       options: dict) -> tuple[Tensor, Tensor]:
-        """Build the votes (N, L, O, I, 16) and route them, a few images at a time so the
-        vote-sized temporaries (tens of MB per image) stay bounded at any batch size."""
+        """Another ``routing`` (e.g. the straightforward one the benchmark compares): build the votes
+        (N, L, O, I, 16) and route them, a few images at a time so the temporaries stay bounded."""
         outs = []
         for p, a in zip(patches.split(IMAGES_PER_CHUNK), patch_acts.split(IMAGES_PER_CHUNK)):
             votes = torch.einsum("nlirk,iokc->nloirc", p, self.weight)

@@ -218,10 +218,10 @@ class _VoteRoot(torch.autograd.Function):
     @staticmethod
     def backward(ctx, _g_token):  # type: ignore[override]
         tape: _Tape = ctx.tape
-        grads = ctx.source.vote_grads(tape.left, tape.right) if tape.left else (None,) * 8
+        grads = ctx.source.vote_grads(tape.left, tape.right) if tape.left else (None,) * ctx.num_inputs
         tape.left.clear(), tape.right.clear()
         ctx.source = None  # free the stored votes as soon as possible
-        return (None, None, *grads[: ctx.num_inputs])
+        return (None, None, *grads)
 
 
 class _WeightedSums(torch.autograd.Function):
@@ -333,13 +333,18 @@ def em_routing_from_poses(
     the fused C kernels (:class:`FusedVotes`; 4-8x faster, no vote-sized memory); anything else
     builds the votes and calls :func:`em_routing`.
     """
+    images_per_chunk = options.pop("images_per_chunk", IMAGES_PER_CHUNK)
     if not fused_votes_supported(patches, weight):
+        # Build the votes a few images at a time, so the vote-sized temporaries stay bounded.
         n, length, slots = patches.shape[:3]
-        votes = torch.einsum("nlirk,iokc->nloirc", patches, weight).reshape(n, length, weight.shape[1], slots, 16)
-        return em_routing(votes, activations, beta_u, beta_a, iterations, **options)
+        step = images_per_chunk or n
+        outs = []
+        for p, a in zip(patches.split(step), activations.split(step)):
+            votes = torch.einsum("nlirk,iokc->nloirc", p, weight).reshape(p.shape[0], length, weight.shape[1], slots, 16)
+            outs.append(em_routing(votes, a, beta_u, beta_a, iterations, images_per_chunk=None, **options))
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
     if iterations < 1:
         raise ValueError("iterations must be >= 1")
-    options.pop("images_per_chunk", None)
     return _route(FusedVotes(patches, weight), (patches, weight), activations, beta_u, beta_a, iterations,
                   **options)
 

@@ -90,6 +90,8 @@ def _build() -> ctypes.CDLL:
     for name, argtypes in _SIGNATURES.items():
         getattr(library, name).argtypes = argtypes
         getattr(library, name).restype = None
+    if (library.cr_lanes(), library.cr_max_oc()) != (LANES, MAX_OC):  # the Python side pads and checks by these
+        raise RuntimeError(f"{target.name} disagrees with vote_kernels.py on LANES/MAX_OC")
     return library
 
 
