@@ -45,8 +45,10 @@ def spread_margin(step: int, total_steps: int) -> float:
 
 #: ``"run"``: :func:`spread_margin` (the official curve stretched over the run, 0.2 -> 0.9);
 #: ``"official"``: :func:`official_spread_margin` (the official time axis: ~0.2 for the first
-#: ~100K steps, 0.9 only after ~300K).
-MARGIN_SCHEDULES: tuple[str, ...] = ("run", "official")
+#: ~100K steps, 0.9 only after ~300K); ``"held"``: 0.2 throughout; ``"epoch"``: the paper's text,
+#: 0.2 growing by 0.1 per epoch up to 0.9 (:func:`epoch_spread_margin`).
+MARGIN_SCHEDULES: tuple[str, ...] = ("run", "official", "held", "epoch")
+MARGIN_PER_EPOCH = 0.1
 
 
 def official_spread_margin(step: int) -> float:
@@ -54,12 +56,28 @@ def official_spread_margin(step: int) -> float:
     return MARGIN_START + _OFFICIAL_SCALE / (1.0 + math.exp(-min(_OFFICIAL_CAP, step / 50000.0 - _OFFICIAL_OFFSET)))
 
 
-def margin_at(schedule: str, step: int, total_steps: int) -> float:
-    """Spread-loss margin at ``step`` under ``schedule`` (one of :data:`MARGIN_SCHEDULES`)."""
+def epoch_spread_margin(step: int, steps_per_epoch: int) -> float:
+    """The paper's schedule: 0.2 in the first epoch, +0.1 per completed epoch, at most 0.9."""
+    if steps_per_epoch <= 0:
+        raise ValueError("steps_per_epoch must be positive")
+    return min(MARGIN_END, MARGIN_START + MARGIN_PER_EPOCH * (step // steps_per_epoch))
+
+
+def margin_at(schedule: str, step: int, total_steps: int, steps_per_epoch: int | None = None) -> float:
+    """Spread-loss margin at ``step`` under ``schedule`` (one of :data:`MARGIN_SCHEDULES`).
+
+    ``steps_per_epoch`` is needed by ``"epoch"`` only.
+    """
     if schedule == "run":
         return spread_margin(step, total_steps)
     if schedule == "official":
         return official_spread_margin(step)
+    if schedule == "held":
+        return MARGIN_START
+    if schedule == "epoch":
+        if steps_per_epoch is None:
+            raise ValueError("the 'epoch' margin schedule needs steps_per_epoch")
+        return epoch_spread_margin(step, steps_per_epoch)
     raise ValueError(f"unknown margin schedule {schedule!r}; valid: {', '.join(MARGIN_SCHEDULES)}")
 
 

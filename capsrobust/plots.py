@@ -140,3 +140,29 @@ def plot_targeted_success(table: pd.DataFrame, path: str | os.PathLike[str], *, 
     ax.set_title(f"Targeted attacks on {dataset}: success vs ε (n = {n} test images)")
     ax.legend(fontsize=8, ncol=2, loc="best")
     return save_figure(fig, path)
+
+
+def plot_probe_curves(curves: pd.DataFrame, path: str | os.PathLike[str], *, x: str, y: str, xlabel: str,
+                      ylabel: str, title: str, target: float | None = None) -> Path:
+    """One line per variant of a learning probe (``curves``: variant, ``x``, ``y`` columns), optional target line.
+
+    Several rows per (variant, x) -- seeds -- are drawn as their mean with a min-max band.
+    """
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for label, rows in curves.groupby("variant", sort=False):
+        stats = rows.groupby("step")[[x, y]].agg(["mean", "min", "max"]) if "step" in rows else None
+        if stats is not None and rows.groupby("step").size().max() > 1:
+            line, = ax.plot(stats[(x, "mean")], stats[(y, "mean")], label=label, marker=".")
+            ax.fill_between(stats[(x, "mean")], stats[(y, "min")], stats[(y, "max")], alpha=0.2, color=line.get_color())
+        else:
+            ax.plot(rows[x], rows[y], label=label, marker=".")
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return save_figure(fig, path)

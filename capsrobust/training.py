@@ -38,9 +38,10 @@ from capsrobust.errors import CheckpointError, ConfigError
 from capsrobust.evaluation.accuracy import error_rate
 from capsrobust.losses import MARGIN_SCHEDULES, cross_entropy, margin_at, spread_loss
 from capsrobust.models import MODEL_NAMES, build_model
+from capsrobust.presets import resolve_preset
 from capsrobust.provenance import provenance
 
-__all__ = ["TrainConfig", "TrainingInterrupted", "train", "model_from_checkpoint"]
+__all__ = ["TrainConfig", "TrainingInterrupted", "loss_function", "train", "model_from_checkpoint"]
 
 
 @dataclass
@@ -64,7 +65,8 @@ class TrainConfig:
     target_familiar_error: float | None = None
     max_eval_examples: int = 0  # 0: whole validation sets
     keep_checkpoints: bool = False  # also save checkpoints/step-<step>.pt (evaluation-only) at each evaluation
-    margin_schedule: str = "run"  # capsule nets' spread-loss margin: "run" or "official" (losses.MARGIN_SCHEDULES)
+    margin_schedule: str | None = None  # capsule nets' spread-loss margin (losses.MARGIN_SCHEDULES); None: the preset's
+    preset: str = "default"  # capsule-net recipe under the explicit options (presets.PRESETS)
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -82,12 +84,19 @@ class TrainConfig:
             raise ConfigError(f"--target-familiar-error must be a fraction in [0, 1], got {self.target_familiar_error}")
         if self.max_eval_examples < 0:
             raise ConfigError(f"--max-eval-examples must be 0 (all) or positive, got {self.max_eval_examples}")
-        if self.margin_schedule not in MARGIN_SCHEDULES:
+        if self.margin_schedule is not None and self.margin_schedule not in MARGIN_SCHEDULES:
             raise ConfigError(f"unknown --margin-schedule {self.margin_schedule!r}; valid: {', '.join(MARGIN_SCHEDULES)}")
-        for key in ("lambda_scale", "conv_lambda_scale"):
+        for key in ("lambda_scale", "conv_lambda_scale", "class_lambda_scale"):
             value = self.model_overrides.get(key)
             if value is not None and not value > 0:
                 raise ConfigError(f"--{key.replace('_', '-')} must be positive (1 = official), got {value}")
+
+
+@dataclass
+class _TrainClock:
+    """Seconds spent in training steps (evaluation and checkpointing excluded), carried across resumes."""
+
+    train_seconds: float = 0.0
 
 
 class TrainingInterrupted(Exception):
@@ -149,10 +158,11 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _loss_fn(model: nn.Module, step: int, steps: int,
-             margin_schedule: str = "run") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def loss_function(model: nn.Module, step: int, steps: int, margin_schedule: str = "run",
+                  steps_per_epoch: int | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss at ``step`` of ``steps``: spread loss (capsule activations) or cross-entropy (logits)."""
     if getattr(model, "score_kind", "logits") == "activation":
-        margin = margin_at(margin_schedule, step, steps)
+        margin = margin_at(margin_schedule, step, steps, steps_per_epoch)
         return lambda scores, targets: spread_loss(scores, targets, margin)
     return cross_entropy
 
@@ -206,7 +216,7 @@ class _SigintFlag:
 
 def _checkpoint_payload(
     model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, data: PreparedData,
-    step: int, steps: int, best: dict[str, Any], model_config: dict[str, Any],
+    step: int, steps: int, best: dict[str, Any], model_config: dict[str, Any], train_seconds: float = 0.0,
 ) -> dict[str, Any]:
     return {
         "model": config.model,
@@ -224,6 +234,7 @@ def _checkpoint_payload(
         "scheduler": {"kind": "exponential", "lr": optimizer.param_groups[0]["lr"]},
         "rng_state": torch.get_rng_state(),
         "best": best,
+        "train_seconds": train_seconds,
     }
 
 
@@ -260,6 +271,7 @@ def train(
     ``out_dir`` is an error (nothing is overwritten).
     """
     config.validate()
+    config = resolve_preset(config)
     out = Path(out_dir)
     last_path = out / "last.pt"
     checkpoint = None
@@ -296,12 +308,14 @@ def train(
     train_images, train_labels = data.subset("train")
     steps = total_steps(config, len(train_labels))
     start, best = 0, {"validation_error": None, "step": None, "matched_step": None}
+    clock = _TrainClock()
     if checkpoint is not None:
         steps = checkpoint["total_steps"]
         model.load_state_dict(checkpoint["model_state"])
         optimizer.load_state_dict(checkpoint["optimizer_state"])
         torch.set_rng_state(checkpoint["rng_state"])
         start, best = checkpoint["step"], checkpoint["best"]
+        clock.train_seconds = float(checkpoint.get("train_seconds", 0.0))
         if dist.is_main:
             _truncate_metrics(out / "metrics.jsonl", start)
         log(f"resuming {config.model} at step {start}/{steps} from {last_path}")
@@ -321,7 +335,8 @@ def train(
     def save(path: Path, step: int, *, resumable: bool = True) -> None:
         if not dist.is_main:  # one writer: rank 0
             return
-        payload = _checkpoint_payload(model, optimizer, config, data, step, steps, best, model_config)
+        payload = _checkpoint_payload(model, optimizer, config, data, step, steps, best, model_config,
+                                      clock.train_seconds)
         save_checkpoint(path, payload if resumable else evaluation_only(payload))
 
     from tqdm import tqdm
@@ -351,12 +366,14 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step, steps)
             scores = parallel_model(images)
-            loss = _loss_fn(model, step, steps, config.margin_schedule)(scores, labels)
+            loss = loss_function(model, step, steps, config.margin_schedule, steps_per_epoch)(scores, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
-            window_time += time.perf_counter() - t0
+            step_seconds = time.perf_counter() - t0
+            window_time += step_seconds
+            clock.train_seconds += step_seconds
             window_loss += float(loss.detach()) * len(labels)
             window_wrong += int((scores.argmax(1) != labels).sum())
             window_seen += len(labels)
@@ -368,7 +385,8 @@ def train(
             if dist.is_main and (done % eval_every == 0 or done == steps):
                 record = {"step": done, "epoch": done / steps_per_epoch,
                           "train_loss": window_loss / window_seen, "train_error": window_wrong / window_seen,
-                          "images_per_s": dist.world_size * window_seen / max(window_time, 1e-9), "lr": optimizer.param_groups[0]["lr"]}
+                          "images_per_s": dist.world_size * window_seen / max(window_time, 1e-9), "lr": optimizer.param_groups[0]["lr"],
+                          "train_seconds": clock.train_seconds}
                 record.update(_evaluate(model, data, config))
                 model.train()
                 val = record.get("validation_error")

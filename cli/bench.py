@@ -95,3 +95,113 @@ def _write_bench(out_dir: Path, records: dict, sections: list[tuple[str, str]]) 
     write_json(out_dir / "models.json", records)
     write_json(out_dir / "provenance.json", provenance(cpu=cpu_model(),
                                                       torch_threads=records["models"][0]["threads"]))
+
+
+LEARNING_HELP = """\
+How fast each model variant learns, in one run (the instrument behind the training defaults).
+
+\b
+--mode subset (default): every variant trains on the same N fixed training images (centre
+  crops, no augmentation) for --steps steps at batch 32; every --check-every steps it reports
+  accuracy on all N images, the class-score spread (per image max - min of the capsule
+  activations, or of the CNN's softmax probabilities) and, per variant, the steps to 95 %.
+--mode full: short runs of `capsrobust train` on the full training set (augmentation on),
+  validation error against training wall time; run directories go under --runs and are
+  reused (or continued with --resume).
+
+A variant is MODEL[@PRESET][:key=value,...]: training keys lr, batch_size, margin_schedule,
+weight_decay; any other key is a model option (iterations, beta_parametrisation,
+cost_normalisation, class_lambda_scale, conv_lambda_scale, coordinates, lambda_scale, ...).
+
+\b
+Examples:
+  capsrobust bench learning                               # default vs paper capsules-small, and the cnn
+  capsrobust bench learning capsules-small:iterations=1 capsules-small:iterations=3 --out results/probe
+  capsrobust bench learning capsules-small cnn --mode full --steps 1500 --runs runs/probe --out results/probe-full
+"""
+
+
+@bench.command("learning", help=LEARNING_HELP)
+@click.argument("variants", nargs=-1)
+@click.option("--mode", type=click.Choice(["subset", "full"]), default="subset", show_default=True)
+@click.option("--n", "n_images", type=click.IntRange(min=1), default=512, show_default=True,
+              help="subset mode: training images to fit.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Steps per variant [default: 300 subset, 1500 full].")
+@click.option("--check-every", type=click.IntRange(min=1), default=25, show_default=True,
+              help="subset mode: steps between accuracy checks.")
+@click.option("--eval-every", type=click.IntRange(min=1), default=300, show_default=True,
+              help="full mode: steps between validation evaluations.")
+@click.option("--max-eval-examples", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="full mode: validation images per evaluation (0: all).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="smallNORB directory; default: synthnorb.")
+@click.option("--data-mode", type=click.Choice(["stereo", "mono"]), default="stereo", show_default=True)
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/probe"),
+              show_default=True, help="full mode: where the run directories go.")
+@click.option("--resume", is_flag=True, help="full mode: continue unfinished run directories.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of markdown tables.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write learning.md, curves.csv, summary.csv, learning.json, learning.png, provenance.json.")
+@click.option("--no-progress", is_flag=True)
+def learning(variants: tuple[str, ...], mode: str, n_images: int, steps: int | None, check_every: int,
+             eval_every: int, max_eval_examples: int, batch_size: int, lr: float, seed: int, data_dir: Path | None,
+             data_mode: str, runs_dir: Path, resume: bool, as_json: bool, out_dir: Path | None,
+             no_progress: bool) -> None:
+    """Learning probe (help text in LEARNING_HELP)."""
+    from capsrobust.data.prepared import prepare_data
+    from capsrobust.experiments.learning_probe import parse_variant, probe_full, probe_subset
+
+    parsed = [parse_variant(spec) for spec in (variants or ("capsules-small", "capsules-small@paper", "cnn"))]
+    data = prepare_data(data_dir, "full", data_mode)
+    if mode == "subset":
+        steps = steps or 300
+        curves, summary = probe_subset(parsed, data, n=n_images, steps=steps, check_every=check_every, seed=seed,
+                                       batch_size=batch_size, lr=lr, progress=not no_progress)
+        settings = f"{n_images} fixed training images, centre crops, no augmentation, {steps} steps, batch {batch_size}, lr {lr}, seed {seed}"
+    else:
+        steps = steps or 1500
+        curves, summary = probe_full(parsed, data, runs_dir, steps=steps, eval_every=eval_every,
+                                     max_eval_examples=max_eval_examples, seed=seed, batch_size=batch_size, lr=lr,
+                                     resume=resume, progress=not no_progress, log=lambda m: click.echo(m, err=True))
+        settings = (f"full training set with augmentation, {steps} steps, batch {batch_size}, lr {lr}, seed {seed}; "
+                    f"validation error on {max_eval_examples or 'all'} held-out-toy images every {eval_every} steps")
+    heading = f"Learning probe, {mode} mode: {data.describe()}; {settings}"
+    if out_dir is not None:
+        _write_learning(out_dir, mode, curves, summary, heading, data)
+    if as_json:
+        click.echo(json.dumps({"mode": mode, "settings": settings, "dataset": data.dataset, "data_mode": data.mode,
+                               "summary": _records(summary), "curves": _records(curves)}, indent=2))
+        return
+    from capsrobust.reporting import to_markdown
+
+    click.echo(f"{heading}\n\n{to_markdown(summary, float_digits=3)}")
+
+
+def _write_learning(out_dir: Path, mode: str, curves: pd.DataFrame, summary: pd.DataFrame, heading: str,
+                    data: object) -> None:
+    """learning.md / curves.csv / summary.csv / learning.json / learning.png / provenance.json, atomically."""
+    from capsrobust.plots import plot_probe_curves
+    from capsrobust.provenance import cpu_model, provenance
+    from capsrobust.reporting import atomic_write_text, markdown_report, to_markdown, write_csv, write_json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(curves, out_dir / "curves.csv")
+    write_csv(summary, out_dir / "summary.csv")
+    write_json(out_dir / "learning.json", {"mode": mode, "summary": _records(summary), "curves": _records(curves)})
+    if mode == "subset":
+        plot_probe_curves(curves, out_dir / "learning.png", x="step", y="train_accuracy", xlabel="step",
+                          ylabel="accuracy on the fixed training subset", title=heading, target=0.95)
+    else:
+        plot_probe_curves(curves.assign(seconds=curves["seconds"] / 60), out_dir / "learning.png", x="seconds",
+                          y="validation_error", xlabel="training wall time (minutes, evaluations excluded)",
+                          ylabel="validation error", title=heading)
+    intro = (f"Written by `capsrobust bench learning` (exact command, commit, CPU in provenance.json). {heading}.\n\n"
+             "![learning curves](learning.png)")
+    atomic_write_text(out_dir / "learning.md", markdown_report("capsrobust bench learning", [
+        ("Summary", to_markdown(summary, float_digits=3)), ("Curves", to_markdown(curves, float_digits=3))], intro))
+    write_json(out_dir / "provenance.json", provenance(cpu=cpu_model(), dataset=data.dataset, data_mode=data.mode,
+                                                      dataset_checksum=data.checksum, mode=mode))

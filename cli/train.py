@@ -8,7 +8,10 @@ from pathlib import Path
 import click
 
 from capsrobust.data.splits import SPLITS
-from capsrobust.models import MODEL_NAMES
+from capsrobust.losses import MARGIN_SCHEDULES
+from capsrobust.models import MODEL_NAMES, is_capsule_model
+from capsrobust.models.layers import BETA_PARAMETRISATIONS, COORDINATES, COST_NORMALISATIONS
+from capsrobust.presets import PRESET_NAMES
 from capsrobust_cli.errors import UserError
 
 
@@ -41,14 +44,26 @@ from capsrobust_cli.errors import UserError
 @click.option("--routing-schedule", type=click.Choice(["official", "normalized"]), default=None,
               help="Capsule models: EM inverse-temperature schedule; official (lambda 0.01, raw costs) or normalized "
                    "(costs standardised over each layer's parents, lambda 1, 2, 3) [default: official].")
-@click.option("--beta-parametrisation", type=click.Choice(["direct", "official"]), default=None,
-              help="Capsule models: how beta_u, beta_a enter the EM cost; direct (start at 0) or official (the official "
-                   "code's constants: beta_a x 5000, log variances) [default: direct].")
+@click.option("--beta-parametrisation", type=click.Choice(BETA_PARAMETRISATIONS), default=None,
+              help="Capsule models: how beta_u, beta_a enter the EM cost; direct (start at 0), official (the official "
+                   "code's constants: beta_a x 5000, log variances) or logit (beta_a in logit units) [default: the preset's].")
+@click.option("--cost-normalisation", type=click.Choice(COST_NORMALISATIONS), default=None,
+              help="Capsule models: none (official) or ibm (each layer's cost x 100 parents/children, as IBM's "
+                   "re-implementation) [default: the preset's].")
+@click.option("--class-lambda-scale", type=float, default=None,
+              help="Capsule models: multiply the class layer's inverse temperature once more [default: 1].")
+@click.option("--coordinates", type=click.Choice(COORDINATES), default=None,
+              help="Capsule models: coordinate addition with centres in (0, 1) (unit) or (-0.5, 0.5) (centred) "
+                   "[default: unit].")
 @click.option("--transform-init", type=click.Choice(["identity", "normal"]), default=None,
               help="Capsule models: start each 4x4 transform at I + noise or at random [default: identity].")
-@click.option("--margin-schedule", type=click.Choice(["run", "official"]), default="run", show_default=True,
-              help="Capsule models' spread-loss margin: run (the official curve stretched over this run, 0.2 -> 0.9) "
-                   "or official (the authors' time axis: ~0.2 for the first 100K steps).")
+@click.option("--margin-schedule", type=click.Choice(MARGIN_SCHEDULES), default=None,
+              help="Capsule models' spread-loss margin: run (the official curve stretched over this run, 0.2 -> 0.9), "
+                   "official (the authors' time axis: ~0.2 for the first 100K steps), held (0.2) or epoch (+0.1 per "
+                   "epoch up to 0.9, the paper's text) [default: the preset's].")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="default", show_default=True,
+              help="Capsule-net recipe the options above override: default (chosen by the ablation in results/train), "
+                   "paper (the paper's text) or official (the released code).")
 @click.option("--max-eval-examples", type=int, default=0, show_default=True,
               help="Evaluate on at most this many examples of each validation set (0: all).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (metrics are still printed and logged).")
@@ -57,8 +72,9 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
           target_familiar_error: float | None, eval_every: int, checkpoint_every: int,
           iterations: int | None, lambda_scale: float | None, conv_lambda_scale: float | None,
           routing_schedule: str | None,
-          beta_parametrisation: str | None, transform_init: str | None,
-          margin_schedule: str, max_eval_examples: int, no_progress: bool) -> None:
+          beta_parametrisation: str | None, cost_normalisation: str | None, class_lambda_scale: float | None,
+          coordinates: str | None, transform_init: str | None,
+          margin_schedule: str | None, preset: str, max_eval_examples: int, no_progress: bool) -> None:
     """Train a model; checkpoints, metrics and provenance go to the run directory.
 
     Data-parallel: the same command under torchrun (gloo on CPUs, nccl on GPUs), e.g.
@@ -81,20 +97,21 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
 
     capsule_options = {"iterations": iterations, "lambda_scale": lambda_scale, "conv_lambda_scale": conv_lambda_scale,
                        "schedule": routing_schedule,
-                       "beta_parametrisation": beta_parametrisation, "transform_init": transform_init}
+                       "beta_parametrisation": beta_parametrisation, "cost_normalisation": cost_normalisation,
+                       "class_lambda_scale": class_lambda_scale, "coordinates": coordinates,
+                       "transform_init": transform_init}
     overrides = {key: value for key, value in capsule_options.items() if value is not None}
-    if overrides and model_name == "cnn":
-        raise UserError("--iterations, --lambda-scale, --conv-lambda-scale, --routing-schedule, "
-                        "--beta-parametrisation and --transform-init apply to capsule models only; "
-                        "drop them or choose --model capsules/capsules-small")
-    if model_name == "cnn" and margin_schedule != "run":
+    if overrides and not is_capsule_model(model_name):
+        raise UserError(f"--{next(iter(overrides)).replace('_', '-')} applies to capsule models only; "
+                        "drop it or choose --model capsules/capsules-small")
+    if not is_capsule_model(model_name) and margin_schedule is not None:
         raise UserError("--margin-schedule applies to the capsule nets' spread loss only (the cnn uses cross-entropy); "
                         "drop it or choose --model capsules/capsules-small")
     config = TrainConfig(model=model_name, split=split, data_dir=str(data_dir) if data_dir else None, mode=mode,
                          steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          target_familiar_error=target_familiar_error, eval_every=eval_every,
                          checkpoint_every=checkpoint_every, max_eval_examples=max_eval_examples,
-                         margin_schedule=margin_schedule,
+                         margin_schedule=margin_schedule, preset=preset,
                          model_overrides=overrides)
     out = out_dir or Path("runs") / f"{model_name}-{split}-seed{seed}"
     try:

@@ -17,7 +17,7 @@ from capsrobust.models.cnn import BaselineCNN
 from capsrobust.models.routing import em_routing
 
 __all__ = ["MODEL_NAMES", "BaselineCNN", "MatrixCapsNet", "build_model", "capsules", "capsules_small", "cnn",
-           "em_routing"]
+           "em_routing", "is_capsule_model"]
 
 MODEL_NAMES = ("capsules", "capsules-small", "cnn")
 
@@ -46,6 +46,12 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "capsules-small": capsules_small,
     "cnn": cnn,
 }
+_CLASSES: dict[str, type[nn.Module]] = {"capsules": MatrixCapsNet, "capsules-small": MatrixCapsNet, "cnn": BaselineCNN}
+
+
+def is_capsule_model(name: str) -> bool:
+    """Whether the model called ``name`` is a capsule net (its scores are activations, its options routing's)."""
+    return getattr(_CLASSES.get(name), "score_kind", None) == "activation"
 
 
 def build_model(name: str, in_channels: int = 2, **overrides: Any) -> nn.Module:

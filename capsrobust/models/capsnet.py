@@ -42,7 +42,11 @@ class MatrixCapsNet(nn.Module):
     (``capsrobust inspect``); ``transform_init``
     is ``"identity"`` (default) or ``"normal"`` (see :data:`capsrobust.models.layers.TRANSFORM_INITS`);
     ``beta_parametrisation`` is ``"direct"`` (default) or ``"official"`` (the official code's cost
-    constants; see :data:`capsrobust.models.layers.BETA_PARAMETRISATIONS`).
+    constants) or ``"logit"`` (beta_a in logit units; see
+    :data:`capsrobust.models.layers.BETA_PARAMETRISATIONS`); ``cost_normalisation`` is ``"none"``
+    (official) or ``"ibm"`` (:data:`capsrobust.models.layers.COST_NORMALISATIONS`);
+    ``class_lambda_scale`` multiplies the class layer's inverse temperature once more;
+    ``coordinates`` is ``"unit"`` or ``"centred"`` (:data:`capsrobust.models.layers.COORDINATES`).
     """
 
     score_kind = "activation"
@@ -63,19 +67,24 @@ class MatrixCapsNet(nn.Module):
         conv_lambda_scale: float = 1.0,
         transform_init: str = "identity",
         beta_parametrisation: str = "direct",
+        cost_normalisation: str = "none",
+        class_lambda_scale: float = 1.0,
+        coordinates: str = "unit",
         routing: RoutingFn = em_routing,
     ) -> None:
         super().__init__()
         options = dict(schedule=schedule, normalisation=normalisation, lambda_scale=lambda_scale,
-                       transform_init=transform_init, beta_parametrisation=beta_parametrisation, routing=routing)
+                       transform_init=transform_init, beta_parametrisation=beta_parametrisation,
+                       cost_normalisation=cost_normalisation, routing=routing)
         conv_options = dict(options, lambda_scale=lambda_scale * conv_lambda_scale)
+        class_options = dict(options, lambda_scale=lambda_scale * class_lambda_scale, coordinates=coordinates)
         self.standardise = PerImageStandardisation()
         self.conv1 = nn.Conv2d(in_channels, A, kernel_size=5, stride=2)  # 32 -> 14
         self.primary_caps = PrimaryCaps(A, B)
         self.conv_caps1 = ConvCaps(B, C, kernel_size=3, stride=2, iterations=iterations, **conv_options)  # 14 -> 6
         self.conv_caps2 = ConvCaps(C, D, kernel_size=3, stride=1, iterations=iterations, **conv_options)  # 6 -> 4
         centres = receptive_field_centres([(5, 2), (1, 1), (3, 2), (3, 1)], grid=4)
-        self.class_caps = ClassCaps(D, num_classes, centres, iterations=iterations, **options)
+        self.class_caps = ClassCaps(D, num_classes, centres, iterations=iterations, **class_options)
 
     def forward_with_poses(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images (N, C, 32, 32) -> activations (N, classes), poses (N, classes, 16)."""

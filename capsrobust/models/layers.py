@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from capsrobust.models.routing import IMAGES_PER_CHUNK, em_routing, em_routing_from_poses
+from capsrobust.models.routing import IMAGES_PER_CHUNK, em_routing, em_routing_from_poses, inverse_temperatures
 
 RoutingFn = Callable[..., tuple[Tensor, Tensor]]
 
@@ -48,7 +48,11 @@ def init_transforms(shape: tuple[int, ...], kind: str) -> Tensor:
 #: logit = lambda (-5000 b_a - mass (sum_h log sigma_h^2 + 16 (log 2 pi + 1) b_u)), b_a = b_u = 0.5
 #: in convolutional layers, b_a = 1, b_u = 2 in the class layer. Written in the direct form this is
 #: lambda' = 2 lambda, beta_a = -2500 b_a, beta_u = (log 2 pi + 1) / 2 b_u; the parameters are b_a, b_u.
-BETA_PARAMETRISATIONS: tuple[str, ...] = ("direct", "official")
+#: ``"logit"`` -- beta_a in logit units: the routing's beta_a is the parameter divided by the
+#: layer's final inverse temperature, so the parameter is the activation logit's offset at the last
+#: iteration and a step of Adam moves a logit by ~lr (direct: by lr * lambda). beta_u stays direct.
+#: Every option is a reparametrisation: routing is Procedure 1 with the resulting (beta_u, beta_a).
+BETA_PARAMETRISATIONS: tuple[str, ...] = ("direct", "official", "logit")
 _OFFICIAL_BETA_A_SCALE = -2500.0
 _OFFICIAL_BETA_U_SCALE = 0.5 * (math.log(2 * math.pi) + 1.0)
 
@@ -62,11 +66,43 @@ def init_betas(types: int, kind: str, init_u: float, init_a: float) -> tuple[nn.
             nn.Parameter(torch.full((types,), init_a if official else 0.0)))
 
 
-def routing_betas(beta_u: Tensor, beta_a: Tensor, kind: str) -> tuple[Tensor, Tensor, float]:
-    """(beta_u, beta_a) in the direct form :func:`em_routing` takes, and the factor on lambda."""
+def routing_betas(beta_u: Tensor, beta_a: Tensor, kind: str, final_lambda: float) -> tuple[Tensor, Tensor, float]:
+    """(beta_u, beta_a) in the direct form :func:`em_routing` takes, and the factor on lambda.
+
+    ``final_lambda`` is the layer's last inverse temperature before that factor (used by ``"logit"``).
+    """
     if kind == "official":
         return _OFFICIAL_BETA_U_SCALE * beta_u, _OFFICIAL_BETA_A_SCALE * beta_a, 2.0
+    if kind == "logit":
+        return beta_u, beta_a / final_lambda, 1.0
     return beta_u, beta_a, 1.0
+
+
+#: How a layer's EM cost is scaled (``cost_normalisation``):
+#: ``"none"`` -- the official code: logit a_j = lambda (beta_a - cost_j), the class layer at lambda / 4.
+#: ``"ibm"`` -- Gritzman's re-implementation (IBM/matrix-capsules-with-em-routing, em_routing.py):
+#: the cost is multiplied by 100 O / I (O parent types, I children per patch), so every layer sees
+#: a similar amount of evidence per parent (capsules-small: x22 and x11 in the ConvCaps layers, x2
+#: in the class layer, which then drops the official 1/4). Written as Procedure 1 this is lambda
+#: multiplied by the same factor and beta_a divided by it, so use it with ``beta_parametrisation``
+#: ``"logit"`` (or ``"official"``), where the offset stays learnable.
+COST_NORMALISATIONS: tuple[str, ...] = ("none", "ibm")
+_IBM_COST_SCALE = 100.0
+
+
+def cost_factor(kind: str, parent_types: int, children_per_patch: int) -> float:
+    """The factor on a layer's inverse temperature that ``cost_normalisation`` = ``kind`` applies."""
+    if kind == "none":
+        return 1.0
+    if kind == "ibm":
+        return _IBM_COST_SCALE * parent_types / children_per_patch
+    raise ValueError(f"unknown cost_normalisation {kind!r}; valid: {', '.join(COST_NORMALISATIONS)}")
+
+
+#: Where coordinate addition puts each receptive-field centre (``coordinates``): ``"unit"`` -- the
+#: scaled (row, col) in (0, 1), as the paper describes; ``"centred"`` -- shifted by -0.5 into
+#: (-0.5, 0.5), so the offsets average to zero over the grid and do not bias every class vote.
+COORDINATES: tuple[str, ...] = ("unit", "centred")
 
 
 def patch_child_index(height: int, width: int, types: int, kernel: int, stride: int) -> Tensor:
@@ -127,15 +163,17 @@ class ConvCaps(nn.Module):
         lambda_scale: float = 1.0,
         transform_init: str = "identity",
         beta_parametrisation: str = "direct",
+        cost_normalisation: str = "none",
         routing: RoutingFn = em_routing,
     ) -> None:
         super().__init__()
-        self.lambda_scale = lambda_scale
+        slots = kernel_size * kernel_size * in_types
+        self.lambda_scale = lambda_scale * cost_factor(cost_normalisation, out_types, slots)
+        self.cost_normalisation = cost_normalisation
         self.in_types, self.out_types = in_types, out_types
         self.kernel_size, self.stride = kernel_size, stride
         self.iterations, self.schedule, self.normalisation = iterations, schedule, normalisation
         self.routing = routing
-        slots = kernel_size * kernel_size * in_types
         self.weight = nn.Parameter(init_transforms((slots, out_types, 4, 4), transform_init))
         self.beta_parametrisation = beta_parametrisation
         self.beta_u, self.beta_a = init_betas(out_types, beta_parametrisation, init_u=0.5, init_a=0.5)
@@ -156,7 +194,8 @@ class ConvCaps(nn.Module):
         out_w = (w - self.kernel_size) // self.stride + 1
         patches = poses.reshape(n, -1, 4, 4)[:, index]  # (N, L, I, 4, 4)
         patch_acts = activations.reshape(n, -1)[:, index]  # (N, L, I)
-        beta_u, beta_a, lambda_factor = routing_betas(self.beta_u, self.beta_a, self.beta_parametrisation)
+        final_lambda = inverse_temperatures(self.schedule, self.iterations, self.lambda_scale)[-1]
+        beta_u, beta_a, lambda_factor = routing_betas(self.beta_u, self.beta_a, self.beta_parametrisation, final_lambda)
         options = dict(schedule=self.schedule, lambda_scale=self.lambda_scale * lambda_factor,
                        normalisation=self.normalisation, child_index=index, num_children=h * w * self.in_types)
         if self.routing is em_routing:
@@ -204,10 +243,15 @@ class ClassCaps(nn.Module):
         lambda_scale: float = 1.0,
         transform_init: str = "identity",
         beta_parametrisation: str = "direct",
+        cost_normalisation: str = "none",
+        coordinates: str = "unit",
         routing: RoutingFn = em_routing,
     ) -> None:
         super().__init__()
-        self.lambda_scale = lambda_scale
+        if coordinates not in COORDINATES:
+            raise ValueError(f"unknown coordinates {coordinates!r}; valid: {', '.join(COORDINATES)}")
+        cost_factor(cost_normalisation, num_classes, 1)  # validates the name
+        self.lambda_scale, self.cost_normalisation = lambda_scale, cost_normalisation
         self.in_types, self.num_classes = in_types, num_classes
         self.iterations, self.schedule, self.normalisation = iterations, schedule, normalisation
         self.routing = routing
@@ -215,7 +259,15 @@ class ClassCaps(nn.Module):
         self.beta_parametrisation = beta_parametrisation
         self.beta_u, self.beta_a = init_betas(num_classes, beta_parametrisation, init_u=2.0, init_a=1.0)
         # centres: (H, W, 2) receptive-field centres, scaled to [0, 1] of the input image.
-        self.register_buffer("centres", centres.clone(), persistent=False)
+        self.coordinates = coordinates
+        shift = 0.5 if coordinates == "centred" else 0.0
+        self.register_buffer("centres", centres.clone() - shift, persistent=False)
+
+    def _layer_factor(self, children: int) -> float:
+        """The class layer's factor on lambda: the official 1/4, or the cost normalisation's."""
+        if self.cost_normalisation != "none":
+            return cost_factor(self.cost_normalisation, self.num_classes, children)
+        return 0.25 if self.schedule == "official" else 1.0
 
     def forward(self, poses: Tensor, activations: Tensor) -> tuple[Tensor, Tensor]:
         n, h, w, d, _ = poses.shape
@@ -225,8 +277,10 @@ class ClassCaps(nn.Module):
         offsets[:, 0, 3] = self.centres.reshape(h * w, 2)[:, 0]
         offsets[:, 0, 7] = self.centres.reshape(h * w, 2)[:, 1]
         votes = (votes + offsets).reshape(n, 1, self.num_classes, h * w * d, 16)
-        beta_u, beta_a, lambda_factor = routing_betas(self.beta_u, self.beta_a, self.beta_parametrisation)
-        lambda_scale = self.lambda_scale * lambda_factor * (0.25 if self.schedule == "official" else 1.0)
+        lambda_scale = self.lambda_scale * self._layer_factor(h * w * d)
+        final_lambda = inverse_temperatures(self.schedule, self.iterations, lambda_scale)[-1]
+        beta_u, beta_a, lambda_factor = routing_betas(self.beta_u, self.beta_a, self.beta_parametrisation, final_lambda)
+        lambda_scale *= lambda_factor
         out_poses, out_acts = self.routing(
             votes, activations.reshape(n, 1, h * w * d), beta_u, beta_a, self.iterations,
             schedule=self.schedule, lambda_scale=lambda_scale, normalisation=self.normalisation,

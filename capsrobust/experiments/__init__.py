@@ -1,0 +1,1 @@
+"""Orchestration above training and evaluation: probes and studies that train, reuse and compare models."""
