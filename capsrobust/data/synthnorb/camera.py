@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from capsrobust.data.synthnorb.numerics import cos_sin_deg, cross, normalize
+
 __all__ = ["CameraRig", "DEFAULT_RIG", "camera_frames", "stereo_rays"]
 
 
@@ -37,11 +39,11 @@ DEFAULT_RIG = CameraRig()
 
 def camera_frames(azimuth_deg: torch.Tensor, elevation_deg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unit vectors (each (V, 3)) from the target towards the camera, and the camera's right and up axes."""
-    az, el = torch.deg2rad(azimuth_deg.double()), torch.deg2rad(elevation_deg.double())
-    back = torch.stack([el.cos() * az.cos(), el.cos() * az.sin(), el.sin()], 1)
+    (az_cos, az_sin), (el_cos, el_sin) = cos_sin_deg(azimuth_deg), cos_sin_deg(elevation_deg)
+    back = torch.stack([el_cos * az_cos, el_cos * az_sin, el_sin], 1)
     # right = forward x up_world with forward = -back; at the horizon this is (sin az, -cos az, 0).
-    right = torch.stack([az.sin(), -az.cos(), torch.zeros_like(az)], 1)
-    up = torch.linalg.cross(right, -back)
+    right = torch.stack([az_sin, -az_cos, torch.zeros_like(az_cos)], 1)
+    up = cross(right, -back)
     return back, right, up
 
 
@@ -59,10 +61,10 @@ def stereo_rays(
     half_base = rig.distance * math.tan(math.radians(rig.stereo_deg / 2))
     centre = target.double() + rig.distance * back  # (V, 3)
     origins = torch.stack([centre - half_base * right, centre + half_base * right], 1)  # (V, 2, 3)
-    forward = torch.nn.functional.normalize(target.double()[:, None] - origins, dim=-1)  # (V, 2, 3)
+    forward = normalize(target.double()[:, None] - origins, dim=-1)  # (V, 2, 3)
     z_up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand_as(forward)
-    cam_right = torch.nn.functional.normalize(torch.linalg.cross(forward, z_up, dim=-1), dim=-1)
-    cam_up = torch.linalg.cross(cam_right, forward, dim=-1)
+    cam_right = normalize(cross(forward, z_up, dim=-1), dim=-1)
+    cam_up = cross(cam_right, forward, dim=-1)
     n = rig.size
     span = math.tan(math.radians(rig.fov_deg / 2))
     coords = (torch.arange(n, dtype=torch.float64) + 0.5) / n * 2 - 1  # pixel centres in [-1, 1]

@@ -42,14 +42,23 @@ __all__ = [
     "GENERATOR_VERSION",
     "Grid",
     "MANIFEST_NAME",
+    "RENDER_TOLERANCE",
     "SPLIT_INSTANCES",
     "make_grid",
     "render_split",
     "write_dataset",
 ]
 
-#: Bumped whenever the images change for a given seed; part of the cache key and the manifest.
+#: The recipe: bumped whenever the images of a seed change by more than RENDER_TOLERANCE (toys,
+#: cameras, lighting, noise); part of the cache key, the manifest and a checkpoint's data recipe.
+#: Not bumped for last-bit numerics: 1.0 renders from different CPUs differed in ~1 pixel in 10^7
+#: by one grey level, and the CPU-independent renderer (see numerics.py) differs from them as
+#: little. Before bumping it, training must record ``PreparedData.recipe`` in its checkpoints:
+#: a synthnorb checkpoint without one is taken to be trained on 1.0 (see recipe.checkpoint_recipe).
 GENERATOR_VERSION = "1.0"
+#: How far two renders of one recipe may differ and still count as the same data: every pixel
+#: within ``max_grey`` grey levels, and at most ``max_fraction`` of the pixels differing at all.
+RENDER_TOLERANCE = {"max_grey": 1, "max_fraction": 1e-5}
 MANIFEST_NAME = "synthnorb-manifest.json"
 FULL_AZIMUTHS: tuple[int, ...] = tuple(range(0, 360, 20))  # smallNORB: 0°, 20°, ..., 340°
 FULL_ELEVATIONS: tuple[int, ...] = tuple(range(30, 75, 5))  # smallNORB: 30°, 35°, ..., 70°

@@ -6,6 +6,10 @@ Shading is diffuse: ``albedo * (ambient + sum_k intensity_k * max(0, n . l_k) * 
 shadow rays for the key lights (self-shadowing; the background has no floor, so no cast shadows
 on it). The lights are fixed in the room while the toy turns on its turntable, as in smallNORB:
 each light's azimuth is given relative to the camera's.
+
+Same seed, same bytes on every CPU: the arithmetic is float32, but every operation whose rounding
+depends on the CPU's vector unit (lengths, normalisation, the Gaussian sampler's transform, sines
+and cosines) comes from :mod:`~capsrobust.data.synthnorb.numerics`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 import torch
 
 from capsrobust.data.synthnorb.camera import DEFAULT_RIG, CameraRig, stereo_rays
+from capsrobust.data.synthnorb.numerics import cos_sin_deg, dot, gaussian_noise
 from capsrobust.data.synthnorb.shapes import Toy, intersect, surface_normals
 
 __all__ = ["LIGHTINGS", "Light", "Lighting", "finish", "render_views"]
@@ -53,10 +58,10 @@ LIGHTINGS: tuple[Lighting, ...] = (
 
 def _light_dirs(azimuth_deg: torch.Tensor, light: Light) -> torch.Tensor:
     """World direction (V, 3) towards ``light`` for cameras at ``azimuth_deg`` (V,)."""
-    az = torch.deg2rad(azimuth_deg.double() + light.azimuth)
+    az_cos, az_sin = cos_sin_deg(azimuth_deg.double() + light.azimuth)
     alt = math.radians(light.altitude)
-    return torch.stack([math.cos(alt) * az.cos(), math.cos(alt) * az.sin(),
-                        torch.full_like(az, math.sin(alt))], 1).float()
+    return torch.stack([math.cos(alt) * az_cos, math.cos(alt) * az_sin,
+                        torch.full_like(az_cos, math.sin(alt))], 1).float()
 
 
 def render_views(
@@ -92,7 +97,7 @@ def render_views(
         radiance = torch.full_like(t, lighting.ambient)
         for light in lighting.lights:
             l_dir = _light_dirs(cam_az, light)  # (B, 3)
-            lambert = (normals * l_dir[..., None]).sum(1).clamp_min(0.0)
+            lambert = dot(normals, l_dir[..., None], 1).clamp_min(0.0)
             if shadows and light.intensity >= 0.5:
                 key = (light.azimuth, light.altitude)
                 if key not in visibility:
@@ -140,9 +145,5 @@ def finish(images: torch.Tensor, noise_seeds: np.ndarray, noise_std: float = 2.0
     """
     m, c, h, w = images.shape
     x = _blur3(_blur3(images * 255.0, -1), -2)
-    noise = torch.empty(m, c, h, w)
-    gen = torch.Generator()
-    for i, seed in enumerate(noise_seeds):
-        gen.manual_seed(int(seed))
-        noise[i].normal_(0.0, noise_std, generator=gen)
+    noise = gaussian_noise(noise_seeds, c * h * w, noise_std).reshape(m, c, h, w)
     return (x + noise).round_().clamp_(0, 255).to(torch.uint8).numpy()

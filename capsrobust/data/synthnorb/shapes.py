@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from capsrobust.data.synthnorb import numerics
+
 __all__ = [
     "BOX",
     "CYLINDER",
@@ -149,9 +151,9 @@ def assemble(parts: Sequence[Part], *, size: float = 1.0) -> Toy:
 
 def _entry_ellipsoid(o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit sphere. o: (B, P, 3, 1) or (B, P, 3, N); d: (B, P, 3, N) -> (t_in, t_out) each (B, P, N)."""
-    a = (d * d).sum(2)
-    b = (o * d).sum(2)
-    c = (o * o).sum(2) - 1.0
+    a = numerics.dot(d, d, 2)
+    b = numerics.dot(o, d, 2)
+    c = numerics.dot(o, o, 2) - 1.0
     disc = b * b - a * c
     root = disc.clamp_min(0.0).sqrt()
     miss = disc < 0
@@ -176,9 +178,9 @@ def _entry_box(o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 def _entry_cylinder(o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit capped cylinder along local z. Shapes as :func:`_entry_ellipsoid`."""
     oxy, dxy = o[:, :, :2], d[:, :, :2]
-    a = (dxy * dxy).sum(2).clamp_min(1e-12)
-    b = (oxy * dxy).sum(2)
-    c = (oxy * oxy).sum(2) - 1.0
+    a = numerics.dot(dxy, dxy, 2).clamp_min(1e-12)
+    b = numerics.dot(oxy, dxy, 2)
+    c = numerics.dot(oxy, oxy, 2) - 1.0
     disc = b * b - a * c
     root = disc.clamp_min(0.0).sqrt()
     miss = disc < 0
@@ -223,11 +225,11 @@ def surface_normals(toy: Toy, points: torch.Tensor, part: torch.Tensor) -> torch
     axis = u.abs().argmax(1, keepdim=True)
     n_box = torch.zeros_like(u).scatter_(1, axis, 1.0) * u.sign()
     # Cylinder: on a cap if |z| dominates the radial distance, else on the side.
-    radial = u[:, :2].norm(dim=1, keepdim=True)
+    radial = numerics.length(u[:, :2], dim=1, keepdim=True)
     on_cap = u[:, 2:3].abs() > radial
     n_cyl = torch.where(on_cap, torch.cat([torch.zeros_like(u[:, :2]), u[:, 2:3].sign()], 1),
                         torch.cat([u[:, :2], torch.zeros_like(u[:, 2:3])], 1))
     n_loc = torch.where(kind == ELLIPSOID, u, torch.where(kind == BOX, n_box, n_cyl))
     # Normals transform with the inverse transpose: world n = rot @ (n_loc / half).
     n_world = torch.einsum("bnij,bjn->bin", toy.to_local[part].transpose(2, 3), n_loc)
-    return torch.nn.functional.normalize(n_world, dim=1)
+    return numerics.normalize(n_world, dim=1)
