@@ -4,21 +4,27 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts -- no
 unpickling code -- with a ``format`` tag, so a foreign ``.pt`` file is recognised as such. It holds
 everything needed to rebuild the model (name and configuration) and to resume training exactly
 (optimizer state, step, data order and RNG state).
+
+:func:`check_trained_on` is the one rule for "was this checkpoint trained on this data?".
 """
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from capsrobust.errors import CheckpointError
 from capsrobust.files import atomic_write_bytes
 
-__all__ = ["FORMAT", "check_compatible", "evaluation_only", "load_checkpoint", "save_checkpoint"]
+if TYPE_CHECKING:
+    from capsrobust.data.prepared import PreparedData
+
+__all__ = ["FORMAT", "check_compatible", "check_trained_on", "evaluation_only", "load_checkpoint", "save_checkpoint"]
 
 #: What only resuming needs; an evaluation-only checkpoint (best.pt, `capsrobust export`) drops it.
 RESUME_KEYS = ("optimizer_state", "rng_state", "scheduler")
@@ -78,3 +84,64 @@ def check_compatible(path: str | os.PathLike[str], checkpoint: dict[str, Any], e
                 f"{path}: checkpoint is for {key} {have!r}, not {want!r}; "
                 "resume with the same settings or start a new run directory (--out)"
             )
+
+
+def check_trained_on(
+    path: str | os.PathLike[str],
+    checkpoint: dict[str, Any],
+    data: "PreparedData",
+    *,
+    advice: str = "pass --data-dir with the data it was trained on",
+    log: Callable[[str], None] | None = None,
+) -> str | None:
+    """Raise :class:`CheckpointError` unless ``checkpoint`` was trained on ``data``; the one data guard.
+
+    Same bytes (``dataset_checksum``) always pass, silently. Real smallNORB (or any data without a
+    recipe) must be byte-identical. synthnorb passes with other bytes when (1) the checkpoint's
+    recipe -- generator version, seed, grid; recorded or derived, see
+    :func:`~capsrobust.data.synthnorb.recipe.checkpoint_recipe` -- equals the recipe of the files
+    here, vouched for by their manifest, and (2) the files agree with a fresh render of a sample
+    within :data:`~capsrobust.data.synthnorb.RENDER_TOLERANCE` (renders of one recipe on different
+    CPUs differ in last-bit rounding). It then reports one line through ``log`` (default: stderr)
+    and returns it. ``advice`` ends each refusal: what the caller's user should do instead.
+    """
+    trained = checkpoint.get("dataset")
+    checksum = str(checkpoint.get("dataset_checksum"))
+    if checksum == data.checksum:
+        return None
+
+    def refusal(detail: str = "") -> CheckpointError:
+        return CheckpointError(f"{path}: trained on {trained} data with checksum {checksum[:12]}, but the data here "
+                               f"is {data.dataset} {data.checksum[:12]}{detail}; {advice}")
+
+    if trained != "synthnorb" or data.dataset != "synthnorb":
+        raise refusal()
+    from capsrobust.data.synthnorb.recipe import TOLERANCE_TEXT, Recipe, checkpoint_recipe, compare_with_render
+
+    wanted = checkpoint_recipe(checkpoint)
+    if wanted is None:
+        raise refusal(" (the checkpoint records no synthnorb recipe, so only identical bytes will do)")
+    here = Recipe.from_dict(data.recipe)
+    if here is None:
+        raise refusal(f" (no intact synthnorb manifest in {data.source_dir}, so its recipe is unknown)")
+    if here != wanted:
+        raise refusal(f" (recipe: {here.describe()}; trained on {wanted.describe()})")
+    key = (str(data.source_dir), data.checksum)
+    if key not in _AGREEMENTS:  # one spot check per dataset and process, however many checkpoints
+        _AGREEMENTS[key] = compare_with_render(data.source_dir, here)
+    agreement = _AGREEMENTS[key]
+    if not agreement.within_tolerance():
+        raise refusal(f" ({here.describe()}, but against a fresh render of that recipe {agreement.describe()}; "
+                      f"allowed: {TOLERANCE_TEXT})")
+    note = (f"{path}: synthnorb bytes differ from its training data (checksum {data.checksum[:12]} here, "
+            f"{checksum[:12]} then) but the recipe matches ({here.describe()}) and a fresh render agrees "
+            f"({agreement.describe()}; allowed: {TOLERANCE_TEXT}); using it")
+    (log or _to_stderr)(note)
+    return note
+
+
+_AGREEMENTS: dict[tuple[str, str], Any] = {}  # (directory, checksum) -> Agreement of its spot check
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)

@@ -11,7 +11,8 @@ import pandas as pd
 EVALUATE_HELP = """\
 Test error of one or more CHECKPOINTs (familiar and novel test sets for split runs).
 
-Each checkpoint is scored on the data it was trained on (same dataset checksum; anything else is
+Each checkpoint is scored on the data it was trained on (the same bytes; for synthnorb the same
+recipe -- generator version, seed, grid -- within 1 grey level of a fresh render; anything else is
 refused), centre crop by default or the paper's 13-crop test with --multi-crop. Several
 checkpoints make one side-by-side table. With --out the table is also written as markdown and
 CSV, beside provenance.json (command, commit, seed, dataset and its checksum, SHA-256 of each

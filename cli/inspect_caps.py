@@ -20,8 +20,8 @@ def inspect_caps(checkpoint: Path, count: int, data_dir: Path | None, as_json: b
     activation mean, spread (overall and within one image), quantiles, and pose scale.
 
     Activations stuck near one value (act_std ~0) carry no information: the layer passes pose
-    means on whatever the image. The images come from the checkpoint's own dataset (checksum
-    checked) and are never test images.
+    means on whatever the image. The images come from the checkpoint's own dataset (checked as
+    evaluate checks it) and are never test images.
 
     \b
     Examples:
@@ -30,7 +30,7 @@ def inspect_caps(checkpoint: Path, count: int, data_dir: Path | None, as_json: b
     """
     import torch
 
-    from capsrobust.checkpoints import load_checkpoint
+    from capsrobust.checkpoints import check_trained_on, load_checkpoint
     from capsrobust.data.prepared import prepare_data
     from capsrobust.data.transforms import center_crop
     from capsrobust.evaluation.capsule_stats import capsule_layer_statistics
@@ -43,10 +43,7 @@ def inspect_caps(checkpoint: Path, count: int, data_dir: Path | None, as_json: b
         raise UserError(f"{checkpoint} is a cnn checkpoint; inspect looks inside capsule nets "
                         "(capsules, capsules-small)")
     prepared = prepare_data(data_dir, data["split"], data["mode"])
-    if prepared.checksum != data["dataset_checksum"]:
-        raise UserError(f"{checkpoint}: trained on {data['dataset']} data with checksum "
-                        f"{data['dataset_checksum'][:12]}, not the {prepared.dataset} data found; "
-                        "pass the --data-dir it was trained on")
+    check_trained_on(checkpoint, data, prepared, advice="pass the --data-dir it was trained on")
     images, _ = prepared.subset("validation")
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count]
     table = capsule_layer_statistics(model_from_checkpoint(data), center_crop(images[order]))

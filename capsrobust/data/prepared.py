@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,6 +44,11 @@ class PreparedData:
     labels: dict[str, torch.Tensor]  # "training"/"testing" -> (N,)
     meta: dict[str, "object"]  # "training"/"testing" -> pandas DataFrame
     indices: SplitIndices
+    #: The directory the files were read from.
+    source_dir: Path | None = None
+    #: synthnorb only: generator version, seed and grid (``Recipe.as_dict()``), read from the
+    #: manifest when the files are exactly those it lists; None for smallNORB or an unvouched render.
+    recipe: dict[str, Any] | None = None
 
     @property
     def in_channels(self) -> int:
@@ -61,6 +68,12 @@ def prepare_data(data_dir: str | os.PathLike[str] | None, split: str = "full", m
     """Load both files of the dataset (synthnorb when ``data_dir`` is None), downsample, index ``split``."""
     train, test = load_split(data_dir, "training", mode), load_split(data_dir, "testing", mode)
     indices = split_indices(split, train.meta, test.meta)
+    recipe = None
+    if train.dataset == "synthnorb":
+        from capsrobust.data.synthnorb.recipe import read_recipe
+
+        found = read_recipe(train.source_dir, {**train.checksums, **test.checksums})
+        recipe = found.as_dict() if found is not None else None
     return PreparedData(
         dataset=train.dataset,
         mode=mode,
@@ -71,4 +84,6 @@ def prepare_data(data_dir: str | os.PathLike[str] | None, split: str = "full", m
                 "testing": torch.tensor(test.labels, dtype=torch.long)},
         meta={"training": train.meta, "testing": test.meta},
         indices=indices,
+        source_dir=train.source_dir,
+        recipe=recipe,
     )

@@ -3,7 +3,7 @@
 Shared by ``capsrobust attack`` and ``capsrobust bench attacks``. The test images are the centre
 crops (N, C, 32, 32) in [0, 1] of a seeded random subset of the *familiar* test set of the split
 the checkpoints were trained on (the whole test set for ``full``); every checkpoint must have
-been trained on exactly this data (same dataset checksum), one model of each kind.
+been trained on this data (:func:`~capsrobust.checkpoints.check_trained_on`), one model of each kind.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from capsrobust.checkpoints import load_checkpoint
+from capsrobust.checkpoints import check_trained_on, load_checkpoint
 from capsrobust.data.prepared import PreparedData, prepare_data
 from capsrobust.data.transforms import center_crop
 from capsrobust.errors import CheckpointError, ConfigError
@@ -158,8 +158,8 @@ def load_attack_setup(paths: list[str | os.PathLike[str]], data_dir: str | os.Pa
 
     Both checkpoints must share the input mode and viewpoint split (one image set feeds both) and
     be of different models (tables are keyed by model name); each must have been trained on the
-    data in ``data_dir`` (synthnorb when None): same dataset checksum. ``pair=True`` (transfer
-    attacks) demands exactly one capsule net and one cnn.
+    data in ``data_dir`` (synthnorb when None; :func:`~capsrobust.checkpoints.check_trained_on`).
+    ``pair=True`` (transfer attacks) demands exactly one capsule net and one cnn.
     """
     from capsrobust.training import model_from_checkpoint
 
@@ -184,12 +184,7 @@ def load_attack_setup(paths: list[str | os.PathLike[str]], data_dir: str | os.Pa
     except KeyError as exc:
         raise CheckpointError(f"{first_path}: checkpoint lacks {exc}; pass one written by `capsrobust train`") from None
     for path, checkpoint in raw:
-        if checkpoint.get("dataset_checksum") != data.checksum:
-            raise CheckpointError(
-                f"{path}: trained on {checkpoint.get('dataset')} data with checksum "
-                f"{str(checkpoint.get('dataset_checksum'))[:12]}, but the data here is {data.dataset} "
-                f"{data.checksum[:12]}; pass --data-dir with the data it was trained on"
-            )
+        check_trained_on(path, checkpoint, data)
     images, labels, indices = sample_test_images(data, n, seed)
     loaded = []
     for (path, checkpoint), name in zip(raw, names):

@@ -6,10 +6,9 @@ import os
 
 import pandas as pd
 
-from capsrobust.checkpoints import load_checkpoint
+from capsrobust.checkpoints import check_trained_on, load_checkpoint
 from capsrobust.data.prepared import prepare_data
 from capsrobust.data.splits import get_split
-from capsrobust.errors import CheckpointError
 from capsrobust.evaluation.accuracy import error_rate
 
 __all__ = ["evaluate_checkpoint"]
@@ -25,19 +24,16 @@ def evaluate_checkpoint(
 ) -> pd.DataFrame:
     """One row per test subset: ``model``, ``dataset``, ``subset``, ``n``, ``error``.
 
-    The checkpoint's dataset checksum must match the data it is evaluated on (a model trained on
-    synthnorb is never silently scored on smallNORB, nor on a different synthnorb render).
+    The checkpoint must have been trained on the data it is evaluated on
+    (:func:`~capsrobust.checkpoints.check_trained_on`: a model trained on synthnorb is never scored
+    on smallNORB, nor on a synthnorb render of another recipe).
     """
     from capsrobust.training import model_from_checkpoint
 
     checkpoint = load_checkpoint(path)
     split_name = get_split(split or checkpoint["split"]).name
     data = prepare_data(data_dir, split_name, checkpoint["mode"])
-    if data.checksum != checkpoint["dataset_checksum"]:
-        raise CheckpointError(
-            f"{path}: trained on {checkpoint['dataset']} data with checksum {checkpoint['dataset_checksum'][:12]}, "
-            f"but --data-dir holds {data.dataset} {data.checksum[:12]}; evaluate on the data it was trained on"
-        )
+    check_trained_on(path, checkpoint, data, advice="evaluate on the data it was trained on")
     model = model_from_checkpoint(checkpoint)
     rows = []
     for subset in ("test_familiar", "test_novel"):

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from capsrobust.checkpoints import load_checkpoint
+from capsrobust.checkpoints import check_trained_on, load_checkpoint
 from capsrobust.data.prepared import PreparedData, prepare_data
 from capsrobust.data.splits import SPLITS, ViewpointSplit, get_split
 from capsrobust.errors import CheckpointError, ConfigError, DataError
@@ -401,9 +401,7 @@ def _train_or_reuse(config: Any, run_dir: Path, data: PreparedData, *, reuse: bo
         if have != want:
             raise CheckpointError(f"{last}: trained with {key}={have!r}, this experiment needs {want!r}; "
                                   "run with the same budget and options or choose another --out")
-    if checkpoint.get("dataset_checksum") != data.checksum:
-        raise CheckpointError(f"{last}: trained on other data ({checkpoint.get('dataset')} "
-                              f"{str(checkpoint.get('dataset_checksum'))[:12]}); choose another --out")
+    check_trained_on(last, checkpoint, data, advice="choose another --out", log=log)
     if checkpoint["step"] >= checkpoint["total_steps"]:
         log(f"reusing finished run {run_dir} ({checkpoint['step']} steps)")
         return "reused"
