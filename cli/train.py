@@ -53,8 +53,8 @@ from capsrobust_cli.errors import UserError
 @click.option("--class-lambda-scale", type=float, default=None,
               help="Capsule models: multiply the class layer's inverse temperature once more [default: 1].")
 @click.option("--coordinates", type=click.Choice(COORDINATES), default=None,
-              help="Capsule models: coordinate addition with centres in (0, 1) (unit) or (-0.5, 0.5) (centred) "
-                   "[default: unit].")
+              help="Capsule models: coordinate addition with centres in (0, 1) (unit) or minus their mean over the grid "
+                   "(centred) [default: unit].")
 @click.option("--transform-init", type=click.Choice(["identity", "normal"]), default=None,
               help="Capsule models: start each 4x4 transform at I + noise or at random [default: identity].")
 @click.option("--margin-schedule", type=click.Choice(MARGIN_SCHEDULES), default=None,

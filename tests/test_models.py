@@ -149,7 +149,7 @@ def test_official_beta_parametrisation_reproduces_the_official_logit():
     from capsrobust.models.layers import routing_betas
 
     beta_u, beta_a = torch.tensor([0.5, 2.0]), torch.tensor([1.0, -0.3])
-    direct_u, direct_a, factor = routing_betas(beta_u, beta_a, "official")
+    direct_u, direct_a, factor = routing_betas(beta_u, beta_a, "official", final_lambda=1.0)
     lam, mass, log_sigma = 0.01, torch.tensor(3.0), torch.randn(2, 16)
     ours = factor * lam * (direct_a - mass * (direct_u.view(2, 1) + log_sigma).sum(-1))
     official = lam * (-5000 * beta_a - mass * ((2 * log_sigma).sum(-1) + 16 * (math.log(2 * math.pi) + 1) * beta_u))

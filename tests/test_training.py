@@ -299,14 +299,31 @@ def test_capsule_options_are_recorded_in_the_run(data_dir: Path, tmp_path: Path)
                                       "--transform-init", "normal", "--margin-schedule", "official", "--max-eval-examples", "4", "--no-progress"])
     assert result.exit_code == 0, result.output
     config = json.loads((out / "run.json").read_text())["config"]
+    # the explicit options, over the default preset's (iterations), all recorded
     assert config["model_overrides"] == {"lambda_scale": 10.0, "schedule": "normalized",
-                                         "beta_parametrisation": "official", "transform_init": "normal"}
+                                         "beta_parametrisation": "official", "transform_init": "normal",
+                                         "iterations": 2}
+    assert config["preset"] == "default"
     assert config["max_eval_examples"] == 4
     assert config["margin_schedule"] == "official"
     model = model_from_checkpoint(load_checkpoint(out / "last.pt"))
     assert model.conv_caps1.lambda_scale == 10.0
     assert model.conv_caps1.schedule == model.class_caps.schedule == "normalized"
     assert model.conv_caps2.beta_parametrisation == model.class_caps.beta_parametrisation == "official"
+
+
+def test_a_preset_resolves_into_the_run_and_a_resume_with_another_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "paper"
+    args = ["train", "--model", "capsules-small", "--data-dir", str(data_dir), "--out", str(out), "--steps", "2",
+            "--checkpoint-every", "1", "--batch-size", "2", "--max-eval-examples", "4", "--no-progress"]
+    result = CliRunner().invoke(cli, [*args, "--preset", "paper"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["model_overrides"]["iterations"] == 3 and config["margin_schedule"] == "epoch"
+    assert model_from_checkpoint(load_checkpoint(out / "last.pt")).class_caps.iterations == 3
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["train_seconds"] > 0
+    assert_one_line_error(CliRunner().invoke(cli, [*args, "--resume"]), "checkpoint is for model_config")
 
 
 def test_inspect_prints_per_layer_statistics_and_refuses_a_cnn(data_dir: Path, tmp_path: Path) -> None:

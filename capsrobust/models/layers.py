@@ -100,8 +100,8 @@ def cost_factor(kind: str, parent_types: int, children_per_patch: int) -> float:
 
 
 #: Where coordinate addition puts each receptive-field centre (``coordinates``): ``"unit"`` -- the
-#: scaled (row, col) in (0, 1), as the paper describes; ``"centred"`` -- shifted by -0.5 into
-#: (-0.5, 0.5), so the offsets average to zero over the grid and do not bias every class vote.
+#: scaled (row, col) in (0, 1), as the paper describes; ``"centred"`` -- minus their mean over
+#: the grid, so the offsets average to zero and do not shift every class vote the same way.
 COORDINATES: tuple[str, ...] = ("unit", "centred")
 
 
@@ -260,7 +260,7 @@ class ClassCaps(nn.Module):
         self.beta_u, self.beta_a = init_betas(num_classes, beta_parametrisation, init_u=2.0, init_a=1.0)
         # centres: (H, W, 2) receptive-field centres, scaled to [0, 1] of the input image.
         self.coordinates = coordinates
-        shift = 0.5 if coordinates == "centred" else 0.0
+        shift = centres.reshape(-1, 2).mean(0) if coordinates == "centred" else torch.zeros(2)
         self.register_buffer("centres", centres.clone() - shift, persistent=False)
 
     def _layer_factor(self, children: int) -> float:

@@ -1,0 +1,220 @@
+"""Training recipes: presets, the new capsule options (each a reparametrisation of Procedure 1),
+margin schedules, and the learning probe that chose the defaults."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from capsrobust.errors import ConfigError
+from capsrobust.losses import epoch_spread_margin, margin_at
+from capsrobust.models import build_model, is_capsule_model
+from capsrobust.models.layers import cost_factor, routing_betas
+from capsrobust.models.routing import inverse_temperatures
+from capsrobust.presets import PRESETS, resolve_preset
+from capsrobust.training import TrainConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from routing_reference import reference_em_routing  # noqa: E402
+
+
+def oracle_routing(*args, num_children=None, **kwargs):
+    """The float64 literal Procedure 1 with the fast routing's signature (it finds the children itself)."""
+    return reference_em_routing(*args, **kwargs)
+
+TINY = dict(A=4, B=2, C=2, D=2)
+#: Every new option, alone and together.
+OPTION_SETS = [
+    dict(beta_parametrisation="logit"),
+    dict(beta_parametrisation="logit", cost_normalisation="ibm"),
+    dict(beta_parametrisation="official", cost_normalisation="ibm", iterations=2),
+    dict(coordinates="centred", class_lambda_scale=4.0, iterations=1),
+]
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+
+def test_the_default_preset_fills_capsule_options_and_explicit_options_win():
+    config = resolve_preset(TrainConfig(model="capsules-small", model_overrides={"iterations": 3}))
+    assert config.model_overrides == {**PRESETS["default"].capsule_options, "iterations": 3}
+    assert config.margin_schedule == PRESETS["default"].margin_schedule
+    explicit = resolve_preset(TrainConfig(model="capsules-small", margin_schedule="run"))
+    assert explicit.margin_schedule == "run"
+
+
+def test_resolving_a_preset_twice_changes_nothing():
+    once = resolve_preset(TrainConfig(model="capsules", preset="paper"))
+    assert resolve_preset(once) == once
+
+
+def test_presets_differ_and_the_cnn_gets_no_capsule_options():
+    paper = resolve_preset(TrainConfig(model="capsules-small", preset="paper"))
+    default = resolve_preset(TrainConfig(model="capsules-small"))
+    assert paper.model_overrides != default.model_overrides
+    assert paper.model_overrides["iterations"] == 3 and paper.margin_schedule == "epoch"
+    cnn = resolve_preset(TrainConfig(model="cnn", preset="paper"))
+    assert cnn.model_overrides == {} and cnn.margin_schedule == "run"
+
+
+def test_an_unknown_preset_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown --preset 'fast'"):
+        resolve_preset(TrainConfig(preset="fast"))
+
+
+def test_model_kinds_come_from_the_model_class():
+    assert is_capsule_model("capsules") and is_capsule_model("capsules-small")
+    assert not is_capsule_model("cnn") and not is_capsule_model("resnet")
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_builds_a_finite_capsule_net(preset):
+    config = resolve_preset(TrainConfig(model="capsules-small", preset=preset))
+    torch.manual_seed(0)
+    model = build_model("capsules-small", **config.model_overrides)
+    images = torch.rand(2, 2, 32, 32, requires_grad=True)
+    scores = model(images)
+    scores.sum().backward()
+    assert torch.isfinite(scores).all() and torch.isfinite(images.grad).all()
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+
+def test_logit_betas_make_the_parameter_the_final_logit_offset():
+    """beta_a (logit units) / lambda_final, times lambda_final in routing, is beta_a again."""
+    beta_u, beta_a = torch.tensor([0.3]), torch.tensor([-1.5])
+    final = inverse_temperatures("official", 2, 0.25)[-1]
+    direct_u, direct_a, factor = routing_betas(beta_u, beta_a, "logit", final)
+    assert factor == 1.0 and torch.equal(direct_u, beta_u)
+    torch.testing.assert_close(final * direct_a, beta_a)
+
+
+def test_logit_betas_let_adam_move_the_class_logits():
+    """A unit step of beta_a moves a class logit by 1 (logit) instead of lambda ~ 1e-4 (direct)."""
+    images = torch.rand(4, 2, 32, 32)
+    grads = {}
+    for kind in ("direct", "logit"):
+        torch.manual_seed(0)
+        model = build_model("capsules-small", A=8, B=4, C=4, D=4, beta_parametrisation=kind)
+        model(images).sum().backward()
+        grads[kind] = model.class_caps.beta_a.grad.abs().mean().item()
+    assert grads["logit"] > 1000 * grads["direct"]
+
+
+def test_ibm_cost_normalisation_scales_each_layer_by_100_parents_over_children():
+    seen = []
+
+    def spy(*args, lambda_scale=1.0, **kwargs):
+        seen.append(lambda_scale)
+        return oracle_routing(*args, lambda_scale=lambda_scale, **kwargs)
+
+    model = build_model("capsules-small", **TINY, cost_normalisation="ibm", routing=spy)
+    model(torch.rand(1, 2, 32, 32))
+    # ConvCaps1: 3x3x2 children, 2 parents; ConvCaps2: 3x3x2, 2; class: 4x4x2 children, 5 classes (no 1/4)
+    assert seen == pytest.approx([100 * 2 / 18, 100 * 2 / 18, 100 * 5 / 32])
+    assert cost_factor("none", 5, 32) == 1.0
+    with pytest.raises(ValueError, match="cost_normalisation"):
+        cost_factor("layer", 5, 32)
+
+
+def test_class_lambda_scale_reaches_the_class_layer_only():
+    seen = []
+
+    def spy(*args, lambda_scale=1.0, **kwargs):
+        seen.append(lambda_scale)
+        return oracle_routing(*args, lambda_scale=lambda_scale, **kwargs)
+
+    build_model("capsules-small", **TINY, class_lambda_scale=8.0, routing=spy)(torch.rand(1, 2, 32, 32))
+    assert seen == pytest.approx([1.0, 1.0, 8.0 * 0.25])
+
+
+def test_centred_coordinates_average_to_zero_over_the_grid():
+    unit = build_model("capsules-small", **TINY).class_caps.centres
+    centred = build_model("capsules-small", **TINY, coordinates="centred").class_caps.centres
+    torch.testing.assert_close(centred, unit - unit.reshape(-1, 2).mean(0))
+    assert centred.reshape(-1, 2).mean(0).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="coordinates"):
+        build_model("capsules-small", coordinates="polar")
+
+
+@pytest.mark.parametrize("options", OPTION_SETS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_every_option_routes_as_the_literal_procedure_1(options):
+    """The whole net with the fast (fused C) routing equals the net routed by the float64 oracle."""
+    torch.manual_seed(0)
+    fast = build_model("capsules-small", **TINY, **options)
+    with torch.no_grad():  # make the betas non-trivial, so every reparametrisation matters
+        for name, param in fast.named_parameters():
+            if "beta" in name:
+                param.copy_(0.3 * torch.randn_like(param))
+    oracle = build_model("capsules-small", **TINY, **options, routing=oracle_routing)
+    oracle.load_state_dict(fast.state_dict())
+    images = torch.rand(2, 2, 32, 32)
+    got_acts, got_poses = fast.forward_with_poses(images)
+    want_acts, want_poses = oracle.double().forward_with_poses(images.double())
+    torch.testing.assert_close(got_acts.double(), want_acts, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(got_poses.double(), want_poses, atol=1e-4, rtol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- margins
+
+
+def test_held_margin_stays_at_0_2():
+    assert {margin_at("held", step, 1000) for step in (0, 500, 999)} == {0.2}
+
+
+def test_epoch_margin_grows_by_0_1_per_epoch_up_to_0_9():
+    assert epoch_spread_margin(0, 100) == pytest.approx(0.2)
+    assert epoch_spread_margin(99, 100) == pytest.approx(0.2)
+    assert epoch_spread_margin(100, 100) == pytest.approx(0.3)
+    assert epoch_spread_margin(10_000, 100) == pytest.approx(0.9)
+    assert margin_at("epoch", 250, 1000, steps_per_epoch=100) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        margin_at("epoch", 0, 10)
+
+
+# ---------------------------------------------------------------------------------------------- the probe
+
+
+def test_variants_parse_into_training_keys_and_model_options():
+    from capsrobust.experiments.learning_probe import parse_variant
+
+    variant = parse_variant("capsules-small@paper:iterations=2,lr=0.001,coordinates=centred")
+    config = variant.train_config()
+    assert variant.preset == "paper" and config.lr == 0.001
+    assert config.model_overrides["iterations"] == 2 and config.model_overrides["coordinates"] == "centred"
+    assert config.margin_schedule == "epoch"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("resnet", "unknown model"), ("capsules@fast", "unknown preset"), ("capsules:iterations", "not key=value"),
+    ("capsules:colour=red", "colour"), ("capsules:beta_parametrisation=x", "beta_parametrisation"),
+])
+def test_bad_variants_are_one_config_error_naming_the_variant(spec, message):
+    from capsrobust.experiments.learning_probe import parse_variant
+
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_variant(spec)
+    assert spec in str(info.value)
+
+
+def test_steps_to_accuracy_is_the_first_check_at_the_target():
+    from capsrobust.experiments.learning_probe import steps_to_accuracy
+
+    curve = pd.DataFrame({"step": [0, 25, 50, 75], "train_accuracy": [0.2, 0.96, 0.9, 0.99]})
+    assert steps_to_accuracy(curve) == 25
+    assert math.isnan(steps_to_accuracy(curve.assign(train_accuracy=0.5)))
+
+
+def test_score_spread_uses_activations_raw_and_logits_as_probabilities():
+    from capsrobust.experiments.learning_probe import score_spread
+
+    acts = torch.tensor([[0.1, 0.5, 0.3]])
+    assert score_spread(acts, "activation").item() == pytest.approx(0.4)
+    logits = torch.tensor([[0.0, 0.0, 0.0]])
+    assert score_spread(logits, "logits").item() == pytest.approx(0.0)
