@@ -12,6 +12,7 @@ import pandas as pd
 from capsrobust.data import smallnorb
 from capsrobust.data.checksums import verify_files
 from capsrobust.data.download import OFFICIAL_BASE_URL, download_official
+from capsrobust_cli.lazy import LazyCommand, LazyGroup
 
 DATA_HELP = """\
 Inspect, verify and fetch the dataset.
@@ -28,7 +29,17 @@ Examples:
 """
 
 
-@click.group(help=DATA_HELP)
+#: The synthnorb commands, loaded when used (capsrobust_cli/lazy.py; help lines checked by tests/test_cli_lazy.py).
+SYNTH_COMMANDS = {
+    "render": LazyCommand("capsrobust_cli.data_synth:render", "Render synthnorb, the procedural NORB-protocol "
+                          "dataset, into DIR."),
+    "show": LazyCommand("capsrobust_cli.data_synth:show", "Draw a contact sheet of a NORB-format dataset to a PNG."),
+    "difficulty": LazyCommand("capsrobust_cli.data_synth:difficulty", "Measure how hard a NORB-format dataset is: "
+                              "1-nearest-neighbour (L2) test error."),
+}
+
+
+@click.group(cls=LazyGroup, lazy_subcommands=SYNTH_COMMANDS, help=DATA_HELP)
 def data() -> None:
     """Dataset commands (help text in DATA_HELP)."""
 

@@ -1,11 +1,11 @@
-"""The ``capsrobust`` command: one Click group, one module per subcommand."""
+"""The ``capsrobust`` command: one lazily loading Click group, one module per subcommand."""
 
 from __future__ import annotations
 
 import click
 
 from capsrobust import __version__
-from capsrobust_cli.errors import CapsRobustGroup
+from capsrobust_cli.lazy import LazyCommand, LazyGroup
 
 HELP = """\
 Are matrix capsules with EM routing (Hinton, Sabour & Frosst, ICLR 2018) really more
@@ -32,34 +32,41 @@ mode (stereo or mono) that produced it.  Run `capsrobust COMMAND --help` for mor
 """
 
 
-@click.group(cls=CapsRobustGroup, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+#: Every subcommand: where it lives and its one-line help (kept equal to the command's own by
+#: tests/test_cli_lazy.py). Nothing is imported until a command runs or shows its own --help,
+#: so `capsrobust --help` starts without torch; see capsrobust_cli/lazy.py.
+COMMANDS: dict[str, LazyCommand] = {
+    "attack": LazyCommand("capsrobust_cli.attack:attack", "Attack a capsule net and the CNN with ATTACK at every "
+                          "--eps and tabulate the results side by side."),
+    "bench": LazyCommand("capsrobust_cli.bench:bench", "Measure speed and memory on this machine.", children={
+        "data": LazyCommand("capsrobust_cli.data_synth:bench_data", "Time synthnorb rendering on a subset and "
+                            "extrapolate to the full dataset."),
+        "attacks": LazyCommand("capsrobust_cli.bench_attacks:bench_attacks", "Seconds for FGSM, BIM and PGD (--steps "
+                               "each) at 8 eps values on each model, and the total."),
+    }),
+    "data": LazyCommand("capsrobust_cli.data:data", "Inspect, verify and fetch the dataset."),
+    "evaluate": LazyCommand("capsrobust_cli.evaluate:evaluate", "Test error of one or more CHECKPOINTs (familiar "
+                            "and novel test sets for split runs)."),
+    "export": LazyCommand("capsrobust_cli.export:export", "Write an evaluation-only copy of CHECKPOINT: model, "
+                          "configuration and dataset identity, without the optimiser and RNG state (a third of "
+                          "the size for Adam)."),
+    "inspect": LazyCommand("capsrobust_cli.inspect_caps:inspect_caps", "What each capsule layer of a capsule-net "
+                           "CHECKPOINT does on validation images (centre crop): activation mean, spread (overall "
+                           "and within one image), quantiles, and pose scale."),
+    "train": LazyCommand("capsrobust_cli.train:train", "Train a model; checkpoints, metrics and provenance go to the "
+                         "run directory."),
+    "viewpoint-split": LazyCommand("capsrobust_cli.viewpoint:viewpoint_split", "Table 2 of the paper for SPLIT "
+                                   "(azimuth or elevation): train the CNN and a capsule net on the familiar views "
+                                   "only, stop the capsule net where its familiar error matches the CNN's, and "
+                                   "compare their error on novel views."),
+}
+
+
+@click.group(cls=LazyGroup, lazy_subcommands=COMMANDS, help=HELP,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="capsrobust")
 def cli() -> None:
     """Entry point (help text in HELP)."""
     from capsrobust.runtime import keep_freed_memory
 
     keep_freed_memory()  # EM routing's big temporaries: +25 % training images/s (capsrobust/runtime.py)
-
-
-def _register() -> None:
-    # Imported here so `capsrobust --help` stays quick and import cycles are impossible.
-    from capsrobust_cli.attack import attack
-    from capsrobust_cli.bench import bench
-    from capsrobust_cli.bench_attacks import bench_attacks
-    from capsrobust_cli.data import data
-    from capsrobust_cli.data_synth import bench_data, difficulty, render, show
-    from capsrobust_cli.evaluate import evaluate
-    from capsrobust_cli.export import export
-    from capsrobust_cli.inspect_caps import inspect_caps
-    from capsrobust_cli.train import train
-    from capsrobust_cli.viewpoint import viewpoint_split
-
-    for command in (render, show, difficulty):
-        data.add_command(command)
-    bench.add_command(bench_data)
-    bench.add_command(bench_attacks)
-    for command in (data, train, evaluate, export, inspect_caps, attack, viewpoint_split, bench):
-        cli.add_command(command)
-
-
-_register()
