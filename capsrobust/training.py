@@ -30,7 +30,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from capsrobust.checkpoints import check_compatible, evaluation_only, load_checkpoint, save_checkpoint
+from capsrobust.checkpoints import (check_compatible, check_trained_on, evaluation_only, load_checkpoint,
+                                    save_checkpoint)
 from capsrobust.data.prepared import PreparedData, prepare_data
 from capsrobust.data.transforms import AugmentParams, augment_batch, sample_augment_params
 from capsrobust.distributed import setup_distributed
@@ -224,6 +225,7 @@ def _checkpoint_payload(
         "in_channels": data.in_channels,
         "dataset": data.dataset,
         "dataset_checksum": data.checksum,
+        "dataset_recipe": data.recipe,
         "mode": data.mode,
         "split": data.split,
         "config": dataclasses.asdict(config),
@@ -289,9 +291,9 @@ def train(
     model_config = dict(config.model_overrides)
     if checkpoint is not None:
         check_compatible(last_path, checkpoint, {
-            "model": config.model, "model_config": model_config, "dataset": data.dataset,
-            "dataset_checksum": data.checksum, "mode": data.mode, "split": data.split,
+            "model": config.model, "model_config": model_config, "mode": data.mode, "split": data.split,
         })
+        check_trained_on(last_path, checkpoint, data, advice="resume on the data it was trained on", log=log)
         saved = checkpoint["config"]
         defaults = {"margin_schedule": "run"}  # runs from before the option trained with it
         for key in ("batch_size", "seed", "lr", "lr_decay", "lr_decay_every", "weight_decay", "margin_schedule"):
@@ -327,6 +329,7 @@ def train(
     if checkpoint is None and dist.is_main:
         run_info = provenance(
             config=dataclasses.asdict(config), dataset=data.dataset, mode=data.mode, dataset_checksum=data.checksum,
+            dataset_recipe=data.recipe,
             total_steps=steps, n_train=len(train_labels),
             parameters=sum(p.numel() for p in model.parameters()),
         )

@@ -155,6 +155,9 @@ def learning(variants: tuple[str, ...], mode: str, n_images: int, steps: int | N
     from capsrobust.data.prepared import prepare_data
     from capsrobust.experiments.learning_probe import parse_variant, probe_full, probe_subset
 
+    from capsrobust.provenance import cpu_model, provenance
+
+    started = provenance(cpu=cpu_model())  # the commit that runs, taken before the (long) run
     parsed = [parse_variant(spec) for spec in (variants or ("capsules-small", "capsules-small@paper", "cnn"))]
     data = prepare_data(data_dir, "full", data_mode)
     if mode == "subset":
@@ -171,7 +174,7 @@ def learning(variants: tuple[str, ...], mode: str, n_images: int, steps: int | N
                     f"validation error on {max_eval_examples or 'all'} held-out-toy images every {eval_every} steps")
     heading = f"Learning probe, {mode} mode: {data.describe()}; {settings}"
     if out_dir is not None:
-        _write_learning(out_dir, mode, curves, summary, heading, data)
+        _write_learning(out_dir, mode, curves, summary, heading, data, started)
     if as_json:
         click.echo(json.dumps({"mode": mode, "settings": settings, "dataset": data.dataset, "data_mode": data.mode,
                                "summary": _records(summary), "curves": _records(curves)}, indent=2))
@@ -182,10 +185,9 @@ def learning(variants: tuple[str, ...], mode: str, n_images: int, steps: int | N
 
 
 def _write_learning(out_dir: Path, mode: str, curves: pd.DataFrame, summary: pd.DataFrame, heading: str,
-                    data: object) -> None:
+                    data: object, started: dict) -> None:
     """learning.md / curves.csv / summary.csv / learning.json / learning.png / provenance.json, atomically."""
     from capsrobust.plots import plot_probe_curves
-    from capsrobust.provenance import cpu_model, provenance
     from capsrobust.reporting import atomic_write_text, markdown_report, to_markdown, write_csv, write_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,5 +205,5 @@ def _write_learning(out_dir: Path, mode: str, curves: pd.DataFrame, summary: pd.
              "![learning curves](learning.png)")
     atomic_write_text(out_dir / "learning.md", markdown_report("capsrobust bench learning", [
         ("Summary", to_markdown(summary, float_digits=3)), ("Curves", to_markdown(curves, float_digits=3))], intro))
-    write_json(out_dir / "provenance.json", provenance(cpu=cpu_model(), dataset=data.dataset, data_mode=data.mode,
-                                                      dataset_checksum=data.checksum, mode=mode))
+    write_json(out_dir / "provenance.json", {**started, "dataset": data.dataset, "data_mode": data.mode,
+                                             "dataset_checksum": data.checksum, "mode": mode})

@@ -14,7 +14,7 @@ import pandas as pd
 
 from capsrobust.errors import DataError
 
-__all__ = ["load_metrics", "plot_learning_curves", "run_summary"]
+__all__ = ["load_metrics", "plot_learning_curves", "plot_time_to_error", "run_summary", "training_seconds"]
 
 
 def load_metrics(run_dir: str | os.PathLike[str], *, label: str | None = None) -> pd.DataFrame:
@@ -32,6 +32,37 @@ def load_metrics(run_dir: str | os.PathLike[str], *, label: str | None = None) -
     return table
 
 
+def training_seconds(metrics: pd.DataFrame, batch_size: float) -> pd.Series:
+    """Training wall seconds at each record: ``train_seconds`` where logged, else summed from images/s."""
+    if "train_seconds" in metrics and metrics["train_seconds"].notna().all():
+        return metrics["train_seconds"].astype(float)
+    steps = metrics["step"].diff().fillna(metrics["step"].iloc[0])
+    return (steps * batch_size / metrics["images_per_s"]).cumsum()
+
+
+def plot_time_to_error(metrics: pd.DataFrame, path: str | os.PathLike[str], *, title: str) -> Path:
+    """Validation error (log) against training wall time (minutes, evaluations excluded), one line per run.
+
+    ``metrics``: :func:`load_metrics` tables with a ``train_seconds`` column (:func:`training_seconds`).
+    """
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    from capsrobust.plots import plain_tick_labels, pyplot, save_figure
+
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.5))
+    for run, rows in metrics.groupby("run", sort=False):
+        ax.plot(rows["train_seconds"] / 60, 100 * rows["validation_error"], marker=".", label=run)
+    ax.set(xlabel="training wall time (minutes; evaluations excluded)", ylabel="validation error (%)", yscale="log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    plain_tick_labels(ax.yaxis)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def run_summary(run_dir: str | os.PathLike[str]) -> dict[str, float]:
     """Training cost of a run from its metrics: steps, epochs, wall seconds, median images/s.
 
@@ -41,8 +72,7 @@ def run_summary(run_dir: str | os.PathLike[str]) -> dict[str, float]:
     metrics = load_metrics(run_dir)
     run = json.loads((Path(run_dir) / "run.json").read_text()) if (Path(run_dir) / "run.json").is_file() else {}
     batch = run.get("config", {}).get("batch_size", float("nan"))
-    steps = metrics["step"].diff().fillna(metrics["step"].iloc[0])
-    seconds = float((steps * batch / metrics["images_per_s"]).sum())
+    seconds = float(training_seconds(metrics, batch).iloc[-1])
     return {"steps": int(metrics["step"].iloc[-1]), "epochs": float(metrics["epoch"].iloc[-1]),
             "train_seconds": seconds, "images_per_s": float(metrics["images_per_s"].median())}
 

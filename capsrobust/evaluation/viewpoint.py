@@ -250,7 +250,9 @@ class ViewpointBudget:
             steps_per_epoch = max(1, n_train // self.batch_size)
             default = max(1, min(steps_per_epoch, total_steps(config, n_train) // 10))  # training's own default
             config.eval_every = max(1, default // self.capsule_evals_per_epoch)
-        return config
+        from capsrobust.presets import resolve_preset
+
+        return resolve_preset(config)  # as training records it, so a reused run compares like with like
 
 
 BUDGETS: dict[str, ViewpointBudget] = {
