@@ -146,23 +146,28 @@ def plot_probe_curves(curves: pd.DataFrame, path: str | os.PathLike[str], *, x: 
                       ylabel: str, title: str, target: float | None = None) -> Path:
     """One line per variant of a learning probe (``curves``: variant, ``x``, ``y`` columns), optional target line.
 
-    Several rows per (variant, x) -- seeds -- are drawn as their mean with a min-max band.
+    Several rows per (variant, step) -- seeds -- are drawn as their mean with a min-max band. Past
+    ten variants the line style changes too, so no two lines look alike; the legend sits outside.
     """
+    import textwrap
+
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for label, rows in curves.groupby("variant", sort=False):
-        stats = rows.groupby("step")[[x, y]].agg(["mean", "min", "max"]) if "step" in rows else None
-        if stats is not None and rows.groupby("step").size().max() > 1:
-            line, = ax.plot(stats[(x, "mean")], stats[(y, "mean")], label=label, marker=".")
-            ax.fill_between(stats[(x, "mean")], stats[(y, "min")], stats[(y, "max")], alpha=0.2, color=line.get_color())
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    styles = ["-", "--", ":", "-."]
+    for index, (label, rows) in enumerate(curves.groupby("variant", sort=False)):
+        look = dict(color=f"C{index % 10}", linestyle=styles[(index // 10) % len(styles)], marker=".", label=label)
+        if rows.groupby("step").size().max() > 1:
+            stats = rows.groupby("step")[[x, y]].agg(["mean", "min", "max"])
+            ax.plot(stats[(x, "mean")], stats[(y, "mean")], **look)
+            ax.fill_between(stats[(x, "mean")], stats[(y, "min")], stats[(y, "max")], alpha=0.2, color=look["color"])
         else:
-            ax.plot(rows[x], rows[y], label=label, marker=".")
+            ax.plot(rows[x], rows[y], **look)
     if target is not None:
         ax.axhline(target, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return save_figure(fig, path)
