@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from capsrobust.attacks import ATTACK_NAMES, LOSS_NAMES
+from capsrobust.attacks import ATTACK_NAMES, LOSS_NAMES, parse_attack_spec
 from capsrobust.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,33 +22,54 @@ Attack a capsule net and the CNN with ATTACK at every --eps and tabulate the res
 
 ATTACK is one attack or a comma-separated list run in the same sweep (e.g. `fgsm,bim`, the
 paper's Fig. 3 pair), so the sanity checks can compare them and a per-example worst case over
-the attacks is reported too.  Attacks: {', '.join(ATTACK_NAMES)}.  `transfer` crafts PGD on the
-other model and applies it unchanged (black box).
+the attacks is reported too.  Attacks: {', '.join(ATTACK_NAMES)}.  Each may carry its own
+iterations and random restarts, NAME[:STEPS[xRESTARTS]]: `pgd:50x5` is PGD with 50 steps from 5
+random starts, next to a 10-step `pgd` in the same sweep (STEPS defaults to --steps).
+
+\b
+  fgsm, bim, pgd  signed-gradient steps (step 2.5 eps/steps); an image counts as broken if any
+                  iterate broke it (the AutoAttack convention)
+  apgd, square    torchattacks' APGD and Square (100 x STEPS queries; gradient-free)
+  autoattack      torchattacks' AutoAttack standard: APGD-CE, APGD-T, FAB-T (STEPS iterations
+                  each; Croce & Hein use 100: autoattack:100), then Square (5000 queries)
+  vote            capsule nets only: the vote attack of Gu, Wu & Tresp (ICLR 2021): PGD on the
+                  class activations EM routing gives the class votes after one M-step with uniform
+                  assignments -- routing bypassed; success judged by the real model
+  transfer        PGD crafted on the other model, applied unchanged (black box)
 
 \b
 What is measured, per (model, attack, eps, mode) on --n test images (a fixed random subset of
 the familiar test set, seeded by --seed, centre 32x32 crops in [0, 1]):
-  - clean error and adversarial error (fraction misclassified after the attack);
+  - clean error and adversarial error (fraction misclassified after the attack; images wrong
+    on the clean input count as broken);
   - attack success rate: untargeted, the share of clean-correct examples broken; targeted,
     "prediction == target" averaged over the 4 WRONG classes (success_rate_5class also keeps
     the paper's average over all 5 classes, true one included, for comparison);
   - mean and max L-inf perturbation; eps is in pixel units of images in [0, 1] (standardisation
-    is inside the models) and eps_std gives it in the paper's per-image-standardised units.
+    is inside the models) and eps_std gives it in the paper's per-image-standardised units;
+  - seconds, and the images through forward+backward and forward alone, per cell.
 
 \b
 Which score is attacked: the CNN through its logits; capsule nets through the log of their
-class activations (softmax of log a = a / sum a, a proper likelihood that does not saturate);
---loss picks what is ascended on those scores: ce (torchattacks' FGSM/BIM/PGD), margin (C&W),
-dlr (Croce & Hein) or spread (the capsule training loss, on activations).
+class activations (softmax of log a = a / sum a, a proper likelihood that does not saturate;
+AutoAttack's four attacks see the same scores); --loss picks what is ascended on those scores:
+ce, margin (C&W), dlr (Croce & Hein) or spread (the capsule training loss, on activations).
 
 \b
-Sanity checks (Carlini et al. 2019), each PASS / FAIL / SKIP: iterative >= single-step, success
-monotone in eps, chance error at eps >= 0.5, square/transfer no stronger than white box, and
-non-zero finite input gradients (gradient masking).
+Savings (on unless --no-savings; the table is the same, `capsrobust bench attacks` checks it):
+eps 0 and images already wrong are not attacked, fgsm/bim/pgd/vote drop an image once broken,
+and the clean-image gradient is shared across eps.
 
 \b
-Writes into --out (default results/attacks/ATTACK, commas as '-'): sweep.csv, sweep.md,
-checks.csv, checks.md, gradients.csv, provenance.json, accuracy_vs_eps.png and, with
+Sanity checks (Carlini et al. 2019), each PASS / FAIL / SKIP, under one verdict line per model
+(HOLDS: no check fails; SUSPECT: which and why): iterative >= single-step, success monotone in
+eps, chance error at eps >= 0.5, square / vote / transfer no stronger than the headline (best)
+white-box attack -- a FAIL names the attack that beats it -- and non-zero finite input
+gradients (gradient masking).
+
+\b
+Writes into --out (default results/attacks/ATTACK, commas as '-', colons as '_'): sweep.csv,
+sweep.md, checks.csv, checks.md, gradients.csv, provenance.json, accuracy_vs_eps.png and, with
 --targeted, success_vs_eps.png.
 
 \b
@@ -57,16 +78,13 @@ Examples:
   capsrobust attack fgsm,bim --eps 0:0.3:0.02 --targeted
   capsrobust attack transfer --eps 0.1 --models caps.pt,cnn.pt
   capsrobust attack pgd --eps 0,0.05,0.1 --loss margin --steps 40 --n 500
+  capsrobust attack fgsm,pgd,pgd:50x5,square,vote,autoattack --eps 0,0.01,0.02,0.05
 """
 
 
 def parse_attacks(text: str) -> tuple[str, ...]:
-    """``fgsm`` or ``fgsm,bim`` -> ('fgsm', 'bim'); one-line ConfigError for an unknown name."""
-    names = tuple(part.strip().lower() for part in text.split(","))
-    for name in names:
-        if name not in ATTACK_NAMES:
-            raise ConfigError(f"unknown attack {name!r}; valid attacks: {', '.join(ATTACK_NAMES)} "
-                              "(or a comma-separated list such as fgsm,bim)")
+    """``fgsm`` or ``fgsm,pgd:50x5`` -> ('fgsm', 'pgd:50x5'); one-line ConfigError for a bad spec."""
+    names = tuple(parse_attack_spec(part).label for part in text.split(","))
     if len(set(names)) != len(names):
         raise ConfigError(f"attack listed twice in {text!r}; name each attack once")
     return names
@@ -92,39 +110,47 @@ def _device() -> str:
               help="Checkpoints written by `capsrobust train` (a capsule net and a cnn) "
                    "[default: the newest best.pt (else last.pt) of each kind under runs/ and results/train/].")
 @click.option("--n", "n", type=int, default=1000, show_default=True, help="Test images attacked.")
-@click.option("--batch-size", type=int, default=100, show_default=True)
+@click.option("--batch-size", type=int, default=None,
+              help="Images per forward/backward [default: per model, 16 for capsule nets, 128 for the CNN].")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the test subset and the attacks' random starts.")
 @click.option("--steps", type=int, default=10, show_default=True,
-              help="Iterations of bim/pgd/apgd (x100 queries for square; of the source PGD for transfer).")
+              help="Iterations of bim/pgd/apgd/vote/autoattack where ATTACK names none (x100 queries for square; "
+                   "of the source PGD for transfer).")
 @click.option("--loss", default="ce", show_default=True, help=f"Attack loss: {'|'.join(LOSS_NAMES)}.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="smallNORB directory [default: synthnorb from the cache].")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output directory [default: results/attacks/ATTACK].")
+@click.option("--no-savings", is_flag=True,
+              help="Attack every image at every eps for every step (same table, slower; for checking).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def attack(attack_list: str, eps_text: str, targeted: bool, models_text: str | None, n: int, batch_size: int,
-           seed: int, steps: int, loss: str, data_dir: Path | None, out_dir: Path | None, no_progress: bool) -> None:
+def attack(attack_list: str, eps_text: str, targeted: bool, models_text: str | None, n: int, batch_size: int | None,
+           seed: int, steps: int, loss: str, data_dir: Path | None, out_dir: Path | None, no_savings: bool,
+           no_progress: bool) -> None:
     from capsrobust.evaluation.attack_data import find_default_checkpoints, load_attack_setup, parse_eps
-    from capsrobust.evaluation.robustness import SweepConfig, evaluate_robustness, sweep_cells
+    from capsrobust.evaluation.robustness import SweepConfig, check_models, evaluate_robustness, sweep_cells
 
     attacks = parse_attacks(attack_list)
     eps_values = parse_eps(eps_text)
     check_positive("--n", n)
-    check_positive("--batch-size", batch_size)
+    if batch_size is not None:
+        check_positive("--batch-size", batch_size)
     modes = ("untargeted", "targeted") if targeted else ("untargeted",)
     config = SweepConfig(attacks=attacks, eps_values=eps_values, modes=modes, loss=loss.strip().lower(),
-                         steps=steps, batch_size=batch_size, seed=seed)
+                         steps=steps, batch_size=batch_size, seed=seed, savings=not no_savings)
     config.validate()  # every option checked before the (slow) loading
     paths = [p.strip() for p in models_text.split(",")] if models_text else find_default_checkpoints()
     if any(not p for p in paths):
         raise ConfigError(f"--models {models_text!r} has an empty path; pass PATH,PATH")
-    out = out_dir or Path("results") / "attacks" / "-".join(attacks)
+    out = out_dir or Path("results") / "attacks" / "-".join(attacks).replace(":", "_")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a directory")
 
     started = time.monotonic()
-    setup = load_attack_setup(paths, data_dir, n=n, seed=seed, device=_device(), pair="transfer" in attacks)
+    pair = any(parse_attack_spec(a).name == "transfer" for a in attacks)
+    setup = load_attack_setup(paths, data_dir, n=n, seed=seed, device=_device(), pair=pair)
+    check_models(setup.models, config)
     click.echo(f"{setup.dataset}: {len(setup.labels)} test images; models: "
                + ", ".join(f"{c.name} ({c.path}, step {c.step})" for c in setup.checkpoints), err=True)
 
@@ -160,17 +186,29 @@ def _report(table: pd.DataFrame, checks: pd.DataFrame, setup: AttackSetup, confi
         sections.append(("Targeted success per model (4 wrong classes)", to_markdown(success, 3)))
     clean = ", ".join(f"{m} {e:.3f}" for m, e in table.groupby("model", sort=False).clean_error.first().items())
     scores = ", ".join(f"{m}: {s}" for m, s in table.groupby("model", sort=False).score.first().items())
+    specs = [parse_attack_spec(a) for a in config.attacks]
+    notes = ""
+    if any(s.name == "vote" for s in specs):
+        notes += (" vote: PGD on the class activations of one EM M-step over the class votes (uniform "
+                  "assignments, routing bypassed), capsule nets only; success judged by the real model.")
+    if any(s.name == "autoattack" for s in specs):
+        notes += (" autoattack: torchattacks' standard version (APGD-CE, APGD-T, FAB-T, Square), on the same "
+                  "scores as the other attacks.")
     intro = (f"{len(setup.labels)} familiar test images (seed {config.seed}), loss {config.loss}, "
-             f"{config.steps} steps; scores attacked: {scores}; clean error: {clean}. eps in pixel units of "
-             f"images in [0, 1]; eps_std in per-image-standardised units. Targeted success averages the 4 "
-             f"wrong classes.")
-    status = checks.status.value_counts()
+             f"{config.steps} steps unless the attack names its own; scores attacked: {scores}; clean error: "
+             f"{clean}. eps in pixel units of images in [0, 1]; eps_std in per-image-standardised units. Images "
+             f"wrong on the clean input count as broken; an image counts as broken if any iterate broke it. "
+             f"Targeted success averages the 4 wrong classes.{notes}")
+    is_verdict = checks.check == "verdict"
+    status = checks[~is_verdict].status.value_counts()
     summary = ", ".join(f"{status.get(s, 0)} {s}" for s in ("PASS", "FAIL", "SKIP"))
+    verdict_lines = "\n".join(f"- **{r.model}: {r.status}** -- {r.detail}"
+                               for r in checks[is_verdict].itertuples(index=False))
 
     click.echo(f"\n# Adversarial robustness: {setup.dataset}\n\n{intro}")
     for heading, body in sections:
         click.echo(f"\n## {heading}\n\n{body}")
-    click.echo(f"\n## Sanity checks ({summary})\n\n" + to_markdown(checks.drop(columns=["dataset"]), 3))
+    click.echo(f"\n## Sanity checks ({summary})\n\n{verdict_lines}\n\n" + to_markdown(checks.drop(columns=["dataset"]), 3))
 
     out.mkdir(parents=True, exist_ok=True)
     write_csv(table, out / "sweep.csv")
@@ -180,8 +218,12 @@ def _report(table: pd.DataFrame, checks: pd.DataFrame, setup: AttackSetup, confi
         dataset=setup.data.dataset, mode=setup.data.mode, split=setup.data.split, dataset_checksum=setup.data.checksum,
         checkpoints=[c.record() for c in setup.checkpoints], attacks=list(config.attacks), modes=list(config.modes),
         eps=list(config.eps_values), loss=config.loss, steps=config.steps, seed=config.seed, n=len(setup.labels),
-        batch_size=config.batch_size, scores=dict(table.groupby("model", sort=False).score.first()),
+        batch_sizes=table.attrs.get("batch_sizes"), savings=config.savings,
+        scores=dict(table.groupby("model", sort=False).score.first()),
         mean_image_std=table.attrs.get("mean_image_std"), wall_time_s=round(wall, 2),
+        attack_seconds={f"{m} {a}": round(float(s), 2) for (m, a), s in
+                        table[table.attack != "worst-case"].groupby(["model", "attack"], sort=False).seconds.sum().items()},
+        verdicts={r.model: f"{r.status}: {r.detail}" for r in checks[is_verdict].itertuples(index=False)},
     ))
     atomic_write_text(out / "sweep.md", markdown_report(
         f"Adversarial robustness: {setup.dataset}",
@@ -189,7 +231,7 @@ def _report(table: pd.DataFrame, checks: pd.DataFrame, setup: AttackSetup, confi
         intro=intro))
     atomic_write_text(out / "checks.md", markdown_report(
         f"Sanity checks (Carlini et al. 2019): {setup.dataset}",
-        [(f"Checks ({summary})", to_markdown(checks, 3)),
+        [(f"Checks ({summary})", f"{verdict_lines}\n\n" + to_markdown(checks, 3)),
          ("Input gradients at the clean images", to_markdown(gradient_view, 3))],
         intro=intro))
     if "untargeted" in config.modes:

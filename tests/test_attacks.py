@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from capsrobust.attacks import ATTACK_NAMES, TARGETED_OK, ScoreModel, build_attack, set_target
+from capsrobust.attacks import ATTACK_NAMES, TARGETED_OK, ScoreModel, build_attack, parse_attack_spec, set_target
 from capsrobust.checkpoints import load_checkpoint, save_checkpoint
 from capsrobust.errors import ConfigError
 from capsrobust.evaluation.attack_data import find_default_checkpoints, parse_eps, sample_test_images
@@ -173,7 +173,8 @@ def test_fgsm_breaks_a_capsule_style_model_through_either_score(score: str):
     assert row.score == score and row.adversarial_error >= 0.9
 
 
-ALL_CASES = [(name, loss, targeted) for name in ATTACK_NAMES for targeted in (False, True)
+ALL_CASES = [(name, loss, targeted) for name in ATTACK_NAMES if name != "vote"  # tests/test_vote_attack.py
+             for targeted in (False, True)
              for loss in (("ce", "margin", "dlr", "spread") if name in ("fgsm", "pgd") else ("ce",))
              if not targeted or name in TARGETED_OK]
 
@@ -283,7 +284,7 @@ def test_checks_flag_bim_weaker_than_fgsm_and_non_monotone_success():
 
 def test_checks_pass_a_sound_sweep_and_flag_accuracy_far_above_chance():
     sound = sanity_checks(_fake_sweep({"fgsm": [0.1, 0.5, 0.85], "bim": [0.1, 0.7, 0.95]}))
-    assert set(sound.status) == {"PASS"}
+    assert list(sound.status) == ["HOLDS"] + ["PASS"] * (len(sound) - 1)
     stuck = sanity_checks(_fake_sweep({"fgsm": [0.1, 0.2, 0.3]}))
     assert cell(stuck, check="chance error at eps >= 0.5").status == "FAIL"
     assert cell(stuck, check="iterative >= single-step").status == "SKIP"
@@ -292,6 +293,62 @@ def test_checks_pass_a_sound_sweep_and_flag_accuracy_far_above_chance():
 def test_checks_flag_transfer_stronger_than_white_box():
     checks = sanity_checks(_fake_sweep({"fgsm": [0.1, 0.2, 0.8], "transfer": [0.1, 0.6, 0.8]}))
     assert cell(checks, check="transfer <= white-box").status == "FAIL"
+
+
+def test_checks_fail_naming_square_when_it_beats_the_headline_white_box_attack():
+    # pgd is the headline (strongest white-box) attack; square beats it at eps 0.1 by 0.2.
+    checks = sanity_checks(_fake_sweep({"fgsm": [0.1, 0.3, 0.9], "pgd": [0.1, 0.4, 0.95],
+                                        "square": [0.1, 0.6, 0.95]}))
+    row = cell(checks, check="square <= white-box")
+    assert row.status == "FAIL" and "square beats the headline white-box attack: pgd at eps 0.1" in row.detail
+    verdict = cell(checks, check="verdict")
+    assert verdict.status == "SUSPECT" and "square <= white-box" in verdict.detail and checks.index[0] == verdict.name
+
+
+def test_checks_fail_naming_the_vote_attack_and_pass_a_weaker_challenger():
+    strong_vote = sanity_checks(_fake_sweep({"bim": [0.1, 0.3, 0.9], "vote:20x2": [0.1, 0.7, 0.9]}))
+    row = cell(strong_vote, check="vote <= white-box")
+    assert row.status == "FAIL" and "vote:20x2 beats the headline white-box attack: bim at eps 0.1" in row.detail
+    # A square that beats only fgsm (not the headline pgd) passes, and the detail says whom it beat.
+    weak = sanity_checks(_fake_sweep({"fgsm": [0.1, 0.2, 0.9], "pgd": [0.1, 0.6, 0.9], "square": [0.1, 0.5, 0.9]}))
+    row = cell(weak, check="square <= white-box")
+    assert row.status == "PASS" and "beats fgsm at eps [0.1]" in row.detail
+    assert cell(weak, check="verdict").status == "HOLDS"
+
+
+def test_checks_open_with_one_verdict_line_per_model():
+    table = pd.concat([_fake_sweep({"fgsm": [0.1, 0.6, 0.9], "bim": [0.1, 0.7, 0.95]}).assign(model=model)
+                       for model in ("capsules", "cnn")], ignore_index=True)
+    table.loc[(table.model == "cnn") & (table.attack == "bim") & (table.eps == 0.5), "adversarial_error"] = 0.3
+    checks = sanity_checks(table)
+    assert list(checks.check[:2]) == ["verdict", "verdict"] and list(checks.model[:2]) == ["capsules", "cnn"]
+    assert list(checks.status[:2]) == ["HOLDS", "SUSPECT"]
+    assert "success monotone in eps [untargeted]: bim: drops at eps [0.5]" in checks.detail[1]
+    assert "verdict" not in set(checks.check[2:])
+
+
+@pytest.mark.parametrize("text,expected", [("pgd", ("pgd", None, 1)), ("PGD:50x5", ("pgd", 50, 5)),
+                                           ("vote:20", ("vote", 20, 1)), ("autoattack:100", ("autoattack", 100, 1)),
+                                           (" apgd:10x3 ", ("apgd", 10, 3))])
+def test_attack_specs_carry_steps_and_restarts(text: str, expected: tuple):
+    spec = parse_attack_spec(text)
+    assert (spec.name, spec.steps, spec.restarts) == expected and spec.label == text.strip().lower()
+
+
+@pytest.mark.parametrize("text,fragment", [("pgdx", "unknown attack 'pgdx'"), ("fgsm:5", "fgsm takes one step"),
+                                           ("bim:3x2", "only pgd, vote, apgd take restarts"),
+                                           ("pgd:0", "at least 1"), ("pgd:5:x", "not NAME[:STEPS[xRESTARTS]]")])
+def test_bad_attack_specs_are_refused_naming_the_problem(text: str, fragment: str):
+    with pytest.raises(ConfigError) as info:
+        parse_attack_spec(text)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_spec_runs_with_its_own_steps_next_to_the_default():
+    images, labels = separable_data(n=10)
+    config = SweepConfig(attacks=("pgd", "pgd:4x2"), eps_values=(0.02,), steps=1)
+    table = robustness_sweep({"cnn": TemplateModel(templates())}, images, labels, config, dataset="toy")
+    assert cell(table, attack="pgd").steps == 1 and cell(table, attack="pgd:4x2")[["steps", "restarts"]].tolist() == [4, 2]
 
 
 def test_sweep_config_rejects_bad_options_before_any_work():
@@ -386,16 +443,36 @@ def test_attack_command_writes_tables_checks_provenance_and_plot(tiny: SimpleNam
     assert (out / "sweep.md").read_text().startswith("# Adversarial robustness: smallNORB (stereo)")
 
     checks = pd.read_csv(out / "checks.csv")
-    assert set(checks.status) <= {"PASS", "FAIL", "SKIP"}
+    assert list(checks.check[:2]) == ["verdict", "verdict"] and set(checks.status[:2]) <= {"HOLDS", "SUSPECT"}
+    assert set(checks.status[2:]) <= {"PASS", "FAIL", "SKIP"}
     assert {"iterative >= single-step", "input gradients non-zero"} <= set(checks.check)
     assert "## Sanity checks" in result.output and "capsules-small" in result.output
+    assert "- **capsules-small: " in result.output and "- **cnn: " in result.output  # the verdict lines
 
     record = json.loads((out / "provenance.json").read_text())
     assert record["dataset"] == "smallNORB" and record["mode"] == "stereo" and len(record["dataset_checksum"]) == 64
     assert record["eps"] == [0.0, 0.1] and record["attacks"] == ["fgsm", "bim"] and record["n"] == 4
     assert record["seed"] == 0 and record["loss"] == "ce" and record["steps"] == 1 and record["wall_time_s"] > 0
+    assert record["savings"] is True and record["batch_sizes"] == {"capsules-small": 4, "cnn": 4}
+    assert set(record["verdicts"]) == {"capsules-small", "cnn"} and len(record["attack_seconds"]) == 4
     assert {c["model"] for c in record["checkpoints"]} == {"capsules-small", "cnn"}
     assert all(len(c["sha256"]) == 64 for c in record["checkpoints"])
+
+
+def test_attack_command_runs_the_strong_attacks_with_their_own_rows(tiny: SimpleNamespace, tmp_path: Path):
+    out = tmp_path / "strong"
+    result = CliRunner().invoke(cli, attack_args(tiny, "fgsm,pgd:2x2,vote,autoattack:1", "--eps", "0,0.3", out=out))
+    assert result.exit_code == 0, result.output
+    sweep = pd.read_csv(out / "sweep.csv")
+    caps, cnn = sweep[sweep.model == "capsules-small"], sweep[sweep.model == "cnn"]
+    assert set(caps.attack) == {"fgsm", "pgd:2x2", "vote", "autoattack:1", "worst-case"}
+    assert set(cnn.attack) == {"fgsm", "pgd:2x2", "autoattack:1", "worst-case"}  # a CNN has no votes
+    assert cell(caps, attack="pgd:2x2", eps=0.3)[["steps", "restarts"]].tolist() == [2, 2]
+    attacked = sweep[sweep.attack != "worst-case"]
+    assert (attacked.linf_max <= attacked.eps + 1e-6).all() and (attacked.seconds >= 0).all()
+    checks = pd.read_csv(out / "checks.csv")
+    assert "vote <= white-box" in set(checks[checks.model == "capsules-small"].check)
+    assert "autoattack:" in (out / "sweep.md").read_text() and "vote:" in (out / "sweep.md").read_text()
 
 
 def test_attack_command_targeted_writes_the_success_plot(tiny: SimpleNamespace, tmp_path: Path):
@@ -476,6 +553,11 @@ BAD_INPUTS = [
     (["fgsm", "--eps", "0.1"], lambda p, t: f"{_truncated(p)},{t.cnn}", ["not a loadable checkpoint"]),
     (["transfer", "--eps", "0.1"], lambda p, t: f"{t.cnn},{_second_cnn(p, t)}", ["both checkpoints are cnn"]),
     (["transfer", "--eps", "0.1"], lambda p, t: str(t.caps), ["transfer needs one capsule net and one cnn"]),
+    (["vote", "--eps", "0.1"], lambda p, t: str(t.cnn), ["the vote attack attacks the class votes of a capsule net",
+                                                         "run vote on a capsule checkpoint"]),
+    (["fgsm:5", "--eps", "0.1"], None, ["fgsm takes one step"]),
+    (["bim:3x2", "--eps", "0.1"], None, ["take restarts"]),
+    (["fgsm", "--eps", "0.1", "--batch-size", "0"], None, ["--batch-size must be at least 1"]),
 ]
 
 
@@ -512,17 +594,33 @@ def test_attack_help_teaches_scores_measures_and_examples():
     assert "attack" in CliRunner().invoke(cli, ["--help"]).output
 
 
-def test_bench_attacks_prints_json_with_positive_seconds(tiny: SimpleNamespace):
+def test_bench_attacks_times_both_paths_and_finds_the_tables_equal(tiny: SimpleNamespace, tmp_path: Path):
+    out = tmp_path / "bench"
     result = CliRunner().invoke(cli, ["bench", "attacks", "--n", "10", "--steps", "2", "--json", "--models",
-                                      f"{tiny.caps},{tiny.cnn}", "--data-dir", str(tiny.data_dir)])
+                                      f"{tiny.caps},{tiny.cnn}", "--data-dir", str(tiny.data_dir), "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     rows = {(r["model"], r["attack"]): r for r in report["timings"]}
-    assert set(rows) == {(m, a) for m in ("capsules-small", "cnn") for a in ("fgsm", "bim", "pgd")}
-    assert all(r["seconds"] > 0 and r["n"] == 10 and r["eps_values"] == 8 for r in rows.values())
-    assert rows[("cnn", "bim")]["steps"] == 2
-    assert report["total_seconds"] == pytest.approx(sum(r["seconds"] for r in rows.values()))
-    assert report["dataset"] == "smallNORB (stereo)"
+    attacks = {(m, a) for m in ("capsules-small", "cnn") for a in ("fgsm", "bim", "pgd")}
+    assert attacks <= set(rows) and ("total", "") in set(rows)
+    assert all(rows[k]["seconds_plain"] > 0 and rows[k]["seconds_savings"] > 0 for k in attacks)
+    # Plain: 10 images x 8 eps x 2 steps through forward + backward for bim; the savings use fewer.
+    assert rows[("cnn", "bim")]["gradient_images_plain"] == 10 * 8 * 2
+    assert rows[("cnn", "bim")]["gradient_images_savings"] < rows[("cnn", "bim")]["gradient_images_plain"]
+    assert report["tables_equal"] is True and report["differences"] == [] and report["cells_compared"] == 2 * 3 * 8
+    assert report["total_seconds_plain"] == pytest.approx(rows[("total", "")]["seconds_plain"])
+    assert report["n"] == 10 and report["dataset"] == "smallNORB (stereo)" and len(report["eps"]) == 8
+    assert report["batch_sizes"] == {"capsules-small": 16, "cnn": 128}
+    assert json.loads((out / "attacks.json").read_text())["tables_equal"] is True
+    assert json.loads((out / "provenance.json").read_text())["total_seconds_plain"] > 0
+    assert "tables equal: yes" in (out / "attacks.md").read_text()
+
+
+def test_bench_attacks_savings_only_skips_the_plain_run(tiny: SimpleNamespace):
+    result = CliRunner().invoke(cli, ["bench", "attacks", "--n", "6", "--steps", "1", "--savings-only", "--models",
+                                      f"{tiny.caps},{tiny.cnn}", "--data-dir", str(tiny.data_dir)])
+    assert result.exit_code == 0, result.output
+    assert "plain run skipped" in result.output and "total with savings" in result.output
 
 
 def test_loaded_checkpoints_keep_their_model_names(tiny: SimpleNamespace):

@@ -3,8 +3,9 @@
 :func:`robustness_sweep` returns one tidy row per (model, attack, eps, mode) plus a ``worst-case``
 row per (model, eps, mode): the per-example worst case over every attack in the sweep (an example
 counts as broken if *any* attack broke it; Carlini et al. 2019 §4). :func:`sanity_checks` turns
-that table and :func:`gradient_statistics` into PASS / FAIL / SKIP rows; a FAIL is reported, never
-hidden. :func:`attack_timings` times the same code path per (model, attack).
+that table and :func:`gradient_statistics` into PASS / FAIL / SKIP rows under one verdict line per
+model; a FAIL is reported, never hidden. :func:`compare_savings` runs a sweep with and without the
+savings below and checks that both give the same table.
 
 Conventions
 -----------
@@ -13,6 +14,11 @@ Conventions
   inputs exactly as the models' standardisation computes it (over C, H, W; + 1e-5 under the root).
   This is the ε the paper's Fig. 3 reports (per-image-standardised units); it is the ε of an
   image of average contrast, not a per-image bound.
+- An example the model already gets wrong on the clean input (untargeted), or already puts in the
+  target class (targeted), counts as broken with its clean image (‖δ‖∞ = 0): the clean image is in
+  every eps-ball. The iterative attacks return the first iterate that succeeds (see
+  :class:`~capsrobust.attacks.SignGradientAttack`), so an example counts as broken if any iterate
+  broke it (the AutoAttack convention).
 - untargeted: ``adversarial_error`` = fraction misclassified after the attack; ``attack_success_rate``
   = fraction of the *clean-correct* examples that the attack misclassifies.
 - targeted: every example is attacked towards each class t. ``attack_success_rate`` averages
@@ -20,6 +26,36 @@ Conventions
   5 classes *including the true one*, the paper's Fig. 3 convention (20 % at ε = 0 for a perfect
   model) -- kept only for comparison. ``adversarial_error`` averages over the 4 wrong targets.
 - ``linf_mean`` / ``linf_max``: mean and max over examples (and wrong targets) of ‖x_adv − x‖∞.
+- ``seconds``, ``gradient_images``, ``forward_images``: what the cell cost (wall time; images
+  through forward + backward and through forward alone -- empty for torchattacks' own attacks).
+
+Savings (``SweepConfig.savings``, on by default; "attack only what is left to break")
+-------------------------------------------------------------------------------------
+Each saving skips work whose outcome is already known, so the table is the one the plain path
+computes (:func:`compare_savings` checks it; the tests prove it on tiny models):
+
+1. eps = 0: the ball is the clean image, so every attack's result is the clean prediction.
+2. Examples already broken on the clean input (see above) are not attacked by FGSM, BIM, PGD, the
+   vote attack or transfer. (APGD, Square and AutoAttack skip them internally; they get the same
+   inputs in both paths, so their random draws are the same.)
+3. FGSM, BIM, PGD and the vote attack stop per example once it is broken (untargeted) or on
+   target (targeted); a PGD restart runs only on examples no earlier restart broke.
+4. Computation, not results, is reused across eps: the loss gradient at the clean image is FGSM's
+   only gradient and BIM's first, and is the same at every eps, so it is computed once per model
+   and target. Results are never carried from a smaller eps to a larger one: none of these attacks
+   is monotone in eps (FGSM's x + eps·sign g can step back over the decision boundary as eps grows;
+   BIM and PGD take eps-dependent paths), so "broken at 0.05" does not imply "this attack breaks it
+   at 0.1" -- exactly what the monotonicity check would then no longer see.
+5. No autograd wherever no gradient is needed (clean and final predictions; ``no_grad``, as
+   ``inference_mode`` would poison ConvCaps' lazily cached patch index), and batch sizes per model
+   (:func:`default_batch_size`).
+
+Random starts are drawn once per model, per example and restart, and shared by every eps, attack
+and both paths, so PGD and the vote attack are as reproducible as BIM. What can still differ
+between the paths is floating-point rounding: a model's batched kernels round an example's
+scores differently (measured: up to 4e-6 on capsules-small) depending on which other examples
+share its batch, which can flip a gradient sign that is zero to within rounding, or a prediction
+at a near-tie.
 """
 
 from __future__ import annotations
@@ -34,13 +70,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from capsrobust.attacks import (ATTACK_NAMES, LOSS_NAMES, TARGETED_OK, WHITE_BOX, ScoreModel, build_attack,
-                                set_target)
+from capsrobust.attacks import (ATTACK_LOSSES, BLACK_BOX, LOSS_NAMES, SIGN_GRADIENT, TARGETED_OK,
+                                WHITE_BOX, AttackSpec, ScoreModel, SignGradientAttack, TransferAttack, build_attack,
+                                check_votes, model_device, parse_attack_spec, set_target)
 from capsrobust.errors import ConfigError
 from capsrobust.models.preprocessing import STANDARDISE_EPS
 
-__all__ = ["CHANCE_ERROR", "CHANCE_TOLERANCE", "SweepConfig", "attack_timings", "evaluate_robustness",
-           "gradient_statistics", "mean_image_std", "robustness_sweep", "sanity_checks", "sweep_cells", "tolerance"]
+__all__ = ["CHANCE_ERROR", "CHANCE_TOLERANCE", "COST_COLUMNS", "RESULT_COLUMNS", "SweepConfig", "check_models",
+           "compare_savings",
+           "default_batch_size", "evaluate_robustness", "gradient_statistics", "mean_image_std", "robustness_sweep",
+           "sanity_checks", "sweep_cells", "tolerance", "verdicts"]
 
 N_CLASSES = 5
 #: Error of a constant prediction on balanced 5-class data.
@@ -55,8 +94,15 @@ COMPARE_TOLERANCE = 0.02
 #: Gradient check: FAIL when more than this fraction of input-gradient entries is exactly zero.
 MAX_ZERO_GRADIENT_FRACTION = 0.5
 MODES = ("untargeted", "targeted")
-#: Losses each attack accepts (others take every loss in LOSS_NAMES).
-ATTACK_LOSSES = {"apgd": ("ce", "dlr"), "square": ("ce", "margin"), "autoattack": ("ce",)}
+#: Images per forward/backward by model kind (``score_kind``). Measured on capsules-small, one
+#: thread: forward + backward 149 images/s at 16, 143 at 32, 121 at 64 and 51 at 128 (EM routing's
+#: temporaries leave the cache); the CNN is flat from 32 to 128 (~1,000/s) and slower beyond.
+DEFAULT_BATCH_SIZES = {"activation": 16, "logits": 128}
+#: What a cell measured (compared by :func:`compare_savings`) and what it cost (not compared).
+RESULT_COLUMNS = ["dataset", "model", "score", "loss", "attack", "steps", "restarts", "eps", "eps_std", "mode", "n",
+                  "clean_error", "adversarial_error", "attack_success_rate", "success_rate_5class", "linf_mean",
+                  "linf_max"]
+COST_COLUMNS = ["seconds", "gradient_images", "forward_images"]
 
 
 def tolerance(n: int) -> float:
@@ -64,36 +110,53 @@ def tolerance(n: int) -> float:
     return max(COMPARE_TOLERANCE, 2.0 / max(n, 1))
 
 
+def default_batch_size(model: nn.Module) -> int:
+    """Images per forward/backward for ``model``: :data:`DEFAULT_BATCH_SIZES` by its ``score_kind``."""
+    return DEFAULT_BATCH_SIZES.get(getattr(model, "score_kind", "logits"), 100)
+
+
 @dataclass
 class SweepConfig:
-    """What to run: attacks × eps values × modes, and how (loss, steps, batch size, seed)."""
+    """What to run: attacks × eps values × modes, and how (loss, steps, batch size, seed, savings).
+
+    ``attacks`` are specs ``NAME[:STEPS[xRESTARTS]]`` (:func:`~capsrobust.attacks.parse_attack_spec`),
+    each the label of its rows; ``steps`` applies where a spec names none. ``batch_size`` None: per
+    model (:func:`default_batch_size`). ``savings``: see the module docstring.
+    """
 
     attacks: tuple[str, ...] = ("fgsm", "bim")
     eps_values: tuple[float, ...] = (0.0, 0.05, 0.1)
     modes: tuple[str, ...] = ("untargeted",)
     loss: str = "ce"
     steps: int = 10
-    batch_size: int = 100
+    batch_size: int | None = None
     seed: int = 0
     scores: dict[str, str] = field(default_factory=dict)  # model name -> score (default per model)
+    savings: bool = True
+
+    def specs(self) -> list[AttackSpec]:
+        """The parsed attack specs, in order."""
+        return [parse_attack_spec(a) for a in self.attacks]
+
+    def batch_size_for(self, model: nn.Module) -> int:
+        return self.batch_size or default_batch_size(model)
 
     def validate(self) -> None:
         """Every option checked before any work (a bad loss must not surface hours into a sweep)."""
         if not self.attacks:
-            raise ConfigError(f"no attack given; valid attacks: {', '.join(ATTACK_NAMES)}")
+            raise ConfigError("no attack given; valid attacks: fgsm, bim, pgd, apgd, square, autoattack, vote, transfer")
         if not self.eps_values:
             raise ConfigError("no eps value given; pass e.g. --eps 0.1 or --eps 0:0.3:0.02")
-        for name in self.attacks:
-            if name not in ATTACK_NAMES:
-                raise ConfigError(f"unknown attack {name!r}; valid attacks: {', '.join(ATTACK_NAMES)}")
-        if len(set(self.attacks)) != len(self.attacks):
+        specs = self.specs()
+        labels = [s.label for s in specs]
+        if len(set(labels)) != len(labels):
             raise ConfigError(f"attack listed twice in {','.join(self.attacks)}; name each attack once")
         if self.loss not in LOSS_NAMES:
             raise ConfigError(f"unknown loss {self.loss!r}; valid losses: {', '.join(LOSS_NAMES)}")
-        for name in self.attacks:
-            allowed = ATTACK_LOSSES.get(name)
+        for spec in specs:
+            allowed = ATTACK_LOSSES.get(spec.name)
             if allowed and self.loss not in allowed:
-                raise ConfigError(f"{name} supports --loss {' or '.join(allowed)}, not {self.loss!r}")
+                raise ConfigError(f"{spec.name} supports --loss {' or '.join(allowed)}, not {self.loss!r}")
         if self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {self.steps}")
         for eps in self.eps_values:
@@ -103,10 +166,10 @@ class SweepConfig:
             if mode not in MODES:
                 raise ConfigError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
         if "targeted" in self.modes:
-            bad = [a for a in self.attacks if a not in TARGETED_OK]
+            bad = [s.label for s in specs if s.name not in TARGETED_OK]
             if bad:
                 raise ConfigError(f"{', '.join(bad)} cannot run targeted here; targeted attacks: {', '.join(TARGETED_OK)}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
@@ -116,17 +179,15 @@ def mean_image_std(images: Tensor) -> float:
     return float((flat.var(dim=1, unbiased=False) + STANDARDISE_EPS).sqrt().mean())
 
 
-def _device(model: nn.Module) -> torch.device:
-    """Where ``model`` lives (CPU for a parameter-free model)."""
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-@torch.no_grad()
 def _predict(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
-    """Predicted classes (N,), on the CPU, for images (N, C, 32, 32) on the model's device."""
+    """Predicted classes (N,), on the images' device, for images (N, C, 32, 32) on the model's device.
+
+    Under ``no_grad``, not ``inference_mode``: ConvCaps caches its patch index on first use, and an
+    index built in inference mode could never again take part in a backward pass.
+    """
     model.eval()
-    return torch.cat([model(images[i : i + batch_size]).argmax(1).cpu() for i in range(0, len(images), batch_size)])
+    with torch.no_grad():
+        return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
 
 
 def _attack_batches(attack, images: Tensor, labels: Tensor, batch_size: int) -> Tensor:
@@ -137,33 +198,111 @@ def _attack_batches(attack, images: Tensor, labels: Tensor, batch_size: int) -> 
 
 def _linf(adversarial: Tensor, images: Tensor) -> Tensor:
     """Per-example ‖x_adv − x‖∞: (N, …) → (N,), on the CPU."""
+    if len(images) == 0:
+        return torch.zeros(0)
     return (adversarial - images).flatten(1).abs().max(dim=1).values.cpu()
 
 
 @dataclass
 class _Outcome:
-    """Per-example results of one (model, attack, eps, mode): predictions (T, N) and L∞ (T, N).
-
-    T = 1 (untargeted) or 5 (one row per target class)."""
+    """Per-example results of one (model, attack, eps, mode): predictions (T, N) and L∞ (T, N), on the CPU,
+    and what they cost. T = 1 (untargeted) or 5 (one row per target class)."""
 
     predictions: Tensor
     linf: Tensor
+    gradient_images: float = 0.0
+    forward_images: float = 0.0
 
 
-def _run_one(name: str, model: nn.Module, source: nn.Module | None, eps: float, mode: str, images: Tensor,
-             labels: Tensor, config: SweepConfig, score: str | None) -> _Outcome:
-    """Attack ``model`` (images and labels on its device; ``source``: the transfer source, a ScoreModel)."""
-    targets = [None] if mode == "untargeted" else list(range(N_CLASSES))
-    predictions, linfs = [], []
-    for target in targets:
-        torch.manual_seed(config.seed)  # random starts / Square's draws: reproducible per cell
-        attack = build_attack(name, ScoreModel(model, score), eps, loss=config.loss, steps=config.steps,
-                              source_model=source, seed=config.seed)
+def _applies(spec: AttackSpec, model: nn.Module) -> bool:
+    """Whether ``spec`` runs on ``model`` in a sweep (the vote attack needs capsule votes)."""
+    if spec.name != "vote":
+        return True
+    try:
+        check_votes(model)
+    except ConfigError:
+        return False
+    return True
+
+
+class _ModelSweep:
+    """What every cell of one model shares: its device and batch size, the clean predictions, the
+    random starts and (with savings) the loss gradients at the clean images."""
+
+    def __init__(self, model: nn.Module, score: str | None, images: Tensor, labels: Tensor, config: SweepConfig,
+                 source: ScoreModel | None) -> None:
+        self.model, self.config, self.source = model.eval(), config, source
+        device = model_device(model)
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.scored = ScoreModel(model, score)
+        self.batch_size = config.batch_size_for(model)
+        self.clean = _predict(model, self.images, self.batch_size)
+        self._noise: list[Tensor] = []
+        self._start_gradients: dict[int | None, Tensor] = {}
+
+    def noise(self, restarts: int) -> Tensor:
+        """(restarts, N, C, H, W) uniform in [−1, 1]: restart r's random start for every example."""
+        while len(self._noise) < restarts:
+            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + len(self._noise))
+            self._noise.append((torch.rand(self.images.shape, generator=generator) * 2 - 1).to(self.images.device))
+        return torch.stack(self._noise[:restarts])
+
+    def _start_gradient(self, attack: SignGradientAttack, target: int | None, index: Tensor) -> tuple[Tensor, int]:
+        """The loss gradient at the clean images ``index`` (eps plays no part in it); computed once per
+        target, always over the same examples (those not already broken), and the images it cost."""
+        if target not in self._start_gradients:
+            gradient = torch.zeros_like(self.images)
+            gradient[index] = attack.gradient(self.images[index], self.labels[index])
+            self._start_gradients[target] = gradient
+            return gradient[index], len(index)
+        return self._start_gradients[target][index], 0
+
+    def cell(self, spec: AttackSpec, eps: float, mode: str) -> _Outcome:
+        targets = [None] if mode == "untargeted" else list(range(N_CLASSES))
+        parts = [self._one_target(spec, eps, target) for target in targets]
+        return _Outcome(torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts]),
+                        sum(p[2] for p in parts), sum(p[3] for p in parts))
+
+    def _one_target(self, spec: AttackSpec, eps: float, target: int | None) -> tuple[Tensor, Tensor, float, float]:
+        """Predictions (N,) and L∞ (N,) after attacking towards ``target`` (None: untargeted), and the cost."""
+        config, count = self.config, len(self.labels)
+        already = self.clean != self.labels if target is None else self.clean == target
+        predictions, linf = self.clean.clone(), torch.zeros(count)
+        savings = config.savings
+        if savings and eps == 0.0:
+            return predictions.cpu(), linf, 0.0, 0.0
+        skip_broken = savings and spec.name in SIGN_GRADIENT + ("transfer",)
+        index = torch.nonzero(~already if skip_broken else torch.ones_like(already))[:, 0]
+        if len(index) == 0:
+            return predictions.cpu(), linf, 0.0, 0.0
+        torch.manual_seed(config.seed)  # Square's and APGD's draws: reproducible per cell
+        attack = build_attack(spec, self.scored, eps, loss=config.loss, steps=config.steps, source_model=self.source,
+                              seed=config.seed, early_stop=savings, batch_size=self.batch_size)
         set_target(attack, target)
-        adversarial = _attack_batches(attack, images, labels, config.batch_size)
-        predictions.append(_predict(model, adversarial, config.batch_size))
-        linfs.append(_linf(adversarial, images))
-    return _Outcome(torch.stack(predictions), torch.stack(linfs))
+        images, labels = self.images[index], self.labels[index]
+        gradient_images, forward_images = 0.0, 0.0
+        if isinstance(attack, SignGradientAttack):
+            start_gradient = None
+            if savings and spec.name in ("fgsm", "bim"):
+                start_gradient, gradient_images = self._start_gradient(attack, target, index)
+            noise = self.noise(attack.restarts)[:, index] if attack.random_start else None
+            result = attack.perturb(images, labels, start_gradient=start_gradient, start_noise=noise)
+            adversarial, predicted = result.adversarial, result.predictions
+            gradient_images += result.gradient_images
+            forward_images += result.forward_images
+        elif isinstance(attack, TransferAttack):
+            adversarial = attack(images, labels, start_noise=self.noise(1)[:, index])
+            predicted = _predict(self.model, adversarial, self.batch_size)
+            gradient_images = len(index) * attack.source_attack.steps
+            forward_images = 2 * len(index)  # the source's final iterate, then this model
+        else:  # torchattacks' own (APGD, Square, AutoAttack): cost not counted
+            adversarial = _attack_batches(attack, images, labels, self.batch_size)
+            predicted = _predict(self.model, adversarial, self.batch_size)
+            gradient_images = forward_images = float("nan")
+        attacked = ~already[index]  # already-broken examples keep their clean image
+        predictions[index[attacked]] = predicted[attacked]
+        linf[index[attacked].cpu()] = _linf(adversarial[attacked], images[attacked])
+        return predictions.cpu(), linf, gradient_images, forward_images
 
 
 def _summarise(outcome: _Outcome, labels: Tensor, clean_correct: Tensor, mode: str) -> dict[str, float]:
@@ -181,7 +320,8 @@ def _summarise(outcome: _Outcome, labels: Tensor, clean_correct: Tensor, mode: s
         success5 = hit.float().mean().item()
     linf = outcome.linf[pairs]
     return {"adversarial_error": wrong[pairs].float().mean().item(), "attack_success_rate": success,
-            "success_rate_5class": success5, "linf_mean": linf.mean().item(), "linf_max": linf.max().item()}
+            "success_rate_5class": success5, "linf_mean": linf.mean().item(), "linf_max": linf.max().item(),
+            "gradient_images": outcome.gradient_images, "forward_images": outcome.forward_images}
 
 
 def _worst_case(outcomes: list[_Outcome], labels: Tensor, clean_correct: Tensor, mode: str) -> dict[str, float]:
@@ -199,12 +339,14 @@ def _worst_case(outcomes: list[_Outcome], labels: Tensor, clean_correct: Tensor,
         error = broken[pairs].float().mean().item()
     linf = torch.stack([o.linf for o in outcomes]).amax(0)
     return {"adversarial_error": error, "attack_success_rate": success, "success_rate_5class": success5,
-            "linf_mean": float("nan"), "linf_max": linf.max().item()}
+            "linf_mean": float("nan"), "linf_max": linf.max().item(), "seconds": 0.0,
+            "gradient_images": 0.0, "forward_images": 0.0}
 
 
 def sweep_cells(models: dict[str, nn.Module], config: SweepConfig) -> int:
     """Number of (model, attack, eps, mode) cells :func:`robustness_sweep` runs (for progress bars)."""
-    return len(models) * len(config.attacks) * len(set(config.eps_values)) * len(config.modes)
+    runs = sum(_applies(spec, model) for model in models.values() for spec in config.specs())
+    return runs * len(set(config.eps_values)) * len(config.modes)
 
 
 def _transfer_source(models: dict[str, nn.Module], model_name: str, config: SweepConfig) -> ScoreModel | None:
@@ -213,54 +355,69 @@ def _transfer_source(models: dict[str, nn.Module], model_name: str, config: Swee
     return None if name is None else ScoreModel(models[name], config.scores.get(name))
 
 
+def check_models(models: dict[str, nn.Module], config: SweepConfig) -> None:
+    """One-line :class:`ConfigError` if the sweep cannot run on these models (transfer needs two; the
+    vote attack a capsule net among them)."""
+    specs = config.specs()
+    if any(s.name == "transfer" for s in specs) and len(models) != 2:
+        raise ConfigError("transfer needs exactly two models (adversarial examples crafted on the other one)")
+    if any(s.name == "vote" for s in specs) and not any(_applies(parse_attack_spec("vote"), m) for m in models.values()):
+        check_votes(next(iter(models.values())))  # raises the one-line reason
+
+
 def robustness_sweep(models: dict[str, nn.Module], images: Tensor, labels: Tensor, config: SweepConfig,
                      *, dataset: str, progress: Callable[[dict], None] | None = None) -> pd.DataFrame:
     """Tidy table, one row per (model, attack, eps, mode) and a ``worst-case`` row per (model, eps, mode).
 
     models: name -> model (images (N, C, 32, 32) in [0, 1] -> scores (N, 5)); ``transfer`` crafts
-    on the other model, so it needs exactly two. images: (N, C, 32, 32) in [0, 1]; labels: (N,)
-    (any device: each model is attacked on its own). ``progress``, if given, is called after each
-    cell with that cell's row. Columns: dataset, model, score, loss, attack, steps, eps, eps_std,
-    mode, n, clean_error, adversarial_error, attack_success_rate, success_rate_5class, linf_mean,
-    linf_max (see module doc).
+    on the other model, so it needs exactly two; ``vote`` runs on the capsule nets only (no rows for
+    a CNN). images: (N, C, 32, 32) in [0, 1]; labels: (N,) (any device: each model is attacked on its
+    own). ``progress``, if given, is called after each cell with that cell's row. Columns:
+    :data:`RESULT_COLUMNS` + :data:`COST_COLUMNS` (see module doc); ``attrs``: dataset,
+    mean_image_std, savings, batch_sizes and clean_seconds (per model).
     """
     config.validate()
-    if "transfer" in config.attacks and len(models) != 2:
-        raise ConfigError("transfer needs exactly two models (adversarial examples crafted on the other one)")
+    check_models(models, config)
+    specs = config.specs()
     mean_std = mean_image_std(images)
     labels_cpu = labels.cpu()
-    rows = []
+    rows, batch_sizes, clean_seconds = [], {}, {}
     for model_name, model in models.items():
-        model.eval()
-        device = _device(model)
-        model_images, model_labels = images.to(device), labels.to(device)
-        source = _transfer_source(models, model_name, config)
-        score = ScoreModel(model, config.scores.get(model_name)).score
-        clean_correct = _predict(model, model_images, config.batch_size) == labels_cpu
-        base = {"dataset": dataset, "model": model_name, "score": score, "loss": config.loss,
-                "steps": config.steps, "n": len(labels), "clean_error": 1.0 - clean_correct.float().mean().item()}
+        started = time.perf_counter()
+        shared = _ModelSweep(model, config.scores.get(model_name), images, labels, config,
+                             _transfer_source(models, model_name, config))
+        clean_seconds[model_name] = time.perf_counter() - started
+        batch_sizes[model_name] = shared.batch_size
+        clean_correct = shared.clean.cpu() == labels_cpu
+        base = {"dataset": dataset, "model": model_name, "score": shared.scored.score, "loss": config.loss,
+                "n": len(labels), "clean_error": 1.0 - clean_correct.float().mean().item()}
+        runnable = [s for s in specs if _applies(s, model)]
         for mode in config.modes:
             for eps in sorted(set(config.eps_values)):  # a repeated eps would give duplicate rows
                 outcomes = []
-                for attack in config.attacks:
-                    outcome = _run_one(attack, model, source, eps, mode, model_images, model_labels, config, score)
+                for spec in runnable:
+                    started = time.perf_counter()
+                    outcome = shared.cell(spec, eps, mode)
+                    seconds = time.perf_counter() - started
                     outcomes.append(outcome)
-                    rows.append({**base, "attack": attack, "eps": eps, "eps_std": eps / mean_std, "mode": mode,
+                    steps = 1 if spec.name == "fgsm" else spec.resolved_steps(config.steps)
+                    rows.append({**base, "attack": spec.label, "steps": steps, "restarts": spec.restarts, "eps": eps,
+                                 "eps_std": eps / mean_std, "mode": mode, "seconds": seconds,
                                  **_summarise(outcome, labels_cpu, clean_correct, mode)})
                     if progress is not None:
                         progress(rows[-1])
                 if len(outcomes) > 1:
-                    rows.append({**base, "attack": "worst-case", "eps": eps, "eps_std": eps / mean_std, "mode": mode,
+                    rows.append({**base, "attack": "worst-case", "steps": 0, "restarts": 0, "eps": eps,
+                                 "eps_std": eps / mean_std, "mode": mode,
                                  **_worst_case(outcomes, labels_cpu, clean_correct, mode)})
-    columns = ["dataset", "model", "score", "loss", "attack", "steps", "eps", "eps_std", "mode", "n", "clean_error",
-               "adversarial_error", "attack_success_rate", "success_rate_5class", "linf_mean", "linf_max"]
-    table = pd.DataFrame(rows, columns=columns)
-    table.attrs.update(dataset=dataset, mean_image_std=mean_std)
+    table = pd.DataFrame(rows, columns=RESULT_COLUMNS + COST_COLUMNS)
+    table.attrs.update(dataset=dataset, mean_image_std=mean_std, savings=config.savings, batch_sizes=batch_sizes,
+                       clean_seconds=clean_seconds)
     return table
 
 
 def gradient_statistics(models: dict[str, nn.Module], images: Tensor, labels: Tensor, *,
-                        scores: dict[str, str] | None = None, batch_size: int = 100) -> pd.DataFrame:
+                        scores: dict[str, str] | None = None, batch_size: int | None = None) -> pd.DataFrame:
     """Input gradients of the attack loss (CE on each model's attack score) at the clean images.
 
     Returns one row per model: model, score, zero_gradient_fraction (entries exactly 0),
@@ -270,11 +427,12 @@ def gradient_statistics(models: dict[str, nn.Module], images: Tensor, labels: Te
     for name, model in models.items():
         model.eval()
         wrapped = ScoreModel(model, (scores or {}).get(name))
-        device = _device(model)
+        device = model_device(model)
+        size = batch_size or default_batch_size(model)
         grads = []
-        for i in range(0, len(images), batch_size):
-            batch = images[i : i + batch_size].to(device).requires_grad_(True)
-            loss = F.cross_entropy(wrapped(batch), labels[i : i + batch_size].to(device), reduction="sum")
+        for i in range(0, len(images), size):
+            batch = images[i : i + size].to(device).requires_grad_(True)
+            loss = F.cross_entropy(wrapped(batch), labels[i : i + size].to(device), reduction="sum")
             grads.append(torch.autograd.grad(loss, batch)[0].cpu())
         grad = torch.cat(grads)
         rows.append({"model": name, "score": wrapped.score,
@@ -283,8 +441,60 @@ def gradient_statistics(models: dict[str, nn.Module], images: Tensor, labels: Te
     return pd.DataFrame(rows)
 
 
+def compare_savings(models: dict[str, nn.Module], images: Tensor, labels: Tensor, config: SweepConfig, *,
+                    dataset: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The same sweep without and with the savings: (timings, differences, table with savings).
+
+    timings: one row per (model, attack): seconds_plain, seconds_savings, speedup, and the images
+    through forward + backward / forward alone in each path; a ``(clean predictions)`` row per model
+    and a ``total`` row. differences: every (model, attack, eps, mode) cell where a result column
+    (:data:`RESULT_COLUMNS`) differs -- expected empty, exactly (see the module docstring; random
+    starts are shared by both paths, so the tolerance is zero for every attack).
+    """
+    tables = {}
+    for savings in (False, True):
+        run = SweepConfig(**{**config.__dict__, "savings": savings})
+        tables[savings] = robustness_sweep(models, images, labels, run, dataset=dataset)
+    plain, saved = tables[False], tables[True]
+    keys = ["model", "attack", "mode", "eps"]
+    timings = []
+    for (model, attack), group in plain[plain.attack != "worst-case"].groupby(["model", "attack"], sort=False):
+        other = saved[(saved.model == model) & (saved.attack == attack)]
+        timings.append({"model": model, "attack": attack, "seconds_plain": group.seconds.sum(),
+                        "seconds_savings": other.seconds.sum(),
+                        "gradient_images_plain": group.gradient_images.sum(min_count=1),
+                        "gradient_images_savings": other.gradient_images.sum(min_count=1),
+                        "forward_images_plain": group.forward_images.sum(min_count=1),
+                        "forward_images_savings": other.forward_images.sum(min_count=1)})
+    for model in dict.fromkeys(plain.model):
+        timings.append({"model": model, "attack": "(clean predictions)",
+                        "seconds_plain": plain.attrs["clean_seconds"][model],
+                        "seconds_savings": saved.attrs["clean_seconds"][model]})
+    timings = pd.DataFrame(timings)
+    total = {"model": "total", "attack": "", **{c: timings[c].sum(min_count=1) for c in timings.columns[2:]}}
+    timings = pd.concat([timings, pd.DataFrame([total])], ignore_index=True)
+    timings["speedup"] = timings.seconds_plain / timings.seconds_savings
+    merged = plain[RESULT_COLUMNS].merge(saved[RESULT_COLUMNS], on=keys, suffixes=("_plain", "_savings"))
+    values = [c for c in RESULT_COLUMNS if c not in keys]
+    differs = pd.Series(False, index=merged.index)
+    for column in values:
+        a, b = merged[f"{column}_plain"], merged[f"{column}_savings"]
+        differs |= ~((a == b) | (a.isna() & b.isna()))
+    shown = keys + [f"{c}_{p}" for c in ("adversarial_error", "attack_success_rate", "linf_mean", "linf_max")
+                    for p in ("plain", "savings")]
+    differences = merged.loc[differs, shown].reset_index(drop=True)
+    if len(plain) != len(saved) or len(merged) != len(plain):
+        raise AssertionError("the two paths produced different cells")  # a programming error, never user input
+    return timings, differences, saved
+
+
 # ----------------------------------------------------------------------------------------------
 # Sanity checks (Carlini et al. 2019, "On Evaluating Adversarial Robustness"; REFERENCE.md §6).
+
+
+def _base(label: str) -> str:
+    """The attack behind a row label (``pgd:50x5`` → ``pgd``; ``worst-case`` stays)."""
+    return label.split(":")[0]
 
 
 def _metric(mode: str) -> str:
@@ -307,10 +517,15 @@ def _compare(stronger: pd.Series, weaker: pd.Series, tol: float) -> list[float]:
     return [float(e) for e in common if weaker[e] > stronger[e] + tol]
 
 
+def _attacks_of(table: pd.DataFrame, model: str, mode: str) -> list[str]:
+    rows = table[(table.model == model) & (table["mode"] == mode)]
+    return [a for a in dict.fromkeys(rows.attack) if a != "worst-case"]
+
+
 def _iterative_checks(table: pd.DataFrame, model: str, mode: str, tol: float) -> list[dict]:
-    attacks = set(table.attack)
+    attacks = _attacks_of(table, model, mode)
     name = "iterative >= single-step"
-    iterative = [a for a in ("bim", "pgd", "apgd", "autoattack") if a in attacks]
+    iterative = [a for a in attacks if _base(a) in ("bim", "pgd", "apgd", "autoattack")]
     if "fgsm" not in attacks or not iterative:
         return [_check(name, model, mode, "SKIP", "needs fgsm and an iterative attack in the sweep")]
     rows = []
@@ -323,7 +538,7 @@ def _iterative_checks(table: pd.DataFrame, model: str, mode: str, tol: float) ->
 
 def _monotone_checks(table: pd.DataFrame, model: str, mode: str, tol: float) -> list[dict]:
     rows = []
-    for attack in [a for a in dict.fromkeys(table.attack) if a != "worst-case"]:
+    for attack in _attacks_of(table, model, mode):
         series = _series(table, model, attack, mode)
         if len(series) < 2:
             rows.append(_check("success monotone in eps", model, mode, "SKIP", f"{attack}: one eps only"))
@@ -349,20 +564,36 @@ def _chance_check(table: pd.DataFrame, model: str, mode: str) -> dict:
                   f"strongest error {error:.3f} at eps {largest:g}; need >= {CHANCE_ERROR - CHANCE_TOLERANCE:.2f}", error)
 
 
-def _black_box_checks(table: pd.DataFrame, model: str, mode: str, tol: float) -> list[dict]:
-    attacks = set(table.attack)
-    white = [a for a in WHITE_BOX if a in attacks]
+def _challenger_checks(table: pd.DataFrame, model: str, mode: str, tol: float) -> list[dict]:
+    """Square, the vote attack and transfer against the white-box attacks.
+
+    The *headline* attack at an eps is the white-box attack (:data:`WHITE_BOX`) with the highest
+    error there: the number a robustness claim quotes. A challenger that beats it by more than
+    ``tol`` FAILs, naming itself, the headline attack and the eps: the white-box number
+    understates what an attacker achieves (gradient masking, or routing diluting the gradient).
+    The detail also lists every other white-box attack the challenger beats.
+    """
+    attacks = _attacks_of(table, model, mode)
+    white = [a for a in attacks if _base(a) in WHITE_BOX]
     rows = []
-    for black in [a for a in ("square", "transfer") if a in attacks]:
-        name = f"{black} <= white-box"
+    for challenger in [a for a in attacks if _base(a) in BLACK_BOX + ("vote",)]:
+        name = f"{_base(challenger)} <= white-box"
         if not white:
-            rows.append(_check(name, model, mode, "SKIP", "no white-box attack in the sweep"))
+            rows.append(_check(name, model, mode, "SKIP", f"{challenger}: no white-box attack in the sweep"))
             continue
-        strongest = pd.concat([_series(table, model, a, mode) for a in white], axis=1).max(axis=1)
-        bad = _compare(strongest, _series(table, model, black, mode), tol)
-        rows.append(_check(name, model, mode, "FAIL" if bad else "PASS",
-                           f"vs best of {','.join(white)}" + (f": stronger at eps {bad} (gradient masking?)" if bad
-                                                              else f" (tol {tol:.3f})")))
+        series = pd.concat({a: _series(table, model, a, mode) for a in white}, axis=1)
+        theirs = _series(table, model, challenger, mode)
+        beaten = [e for e in _compare(series.max(axis=1), theirs, tol)]
+        lost_to = {a: _compare(series[a], theirs, tol) for a in white}
+        others = "; ".join(f"beats {a} at eps {eps}" for a, eps in lost_to.items() if eps)
+        if beaten:
+            headline = ", ".join(f"{series.loc[e].idxmax()} at eps {e:g} ({theirs[e]:.3f} vs {series.loc[e].max():.3f})"
+                                 for e in beaten)
+            detail = f"{challenger} beats the headline white-box attack: {headline} (gradient masking?)"
+        else:
+            detail = f"{challenger} vs best of {','.join(white)}: never stronger (tol {tol:.3f})" + \
+                     (f"; {others}" if others else "")
+        rows.append(_check(name, model, mode, "FAIL" if beaten else "PASS", detail, float(len(beaten))))
     return rows
 
 
@@ -377,27 +608,49 @@ def _gradient_checks(gradients: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def verdicts(checks: pd.DataFrame) -> pd.DataFrame:
+    """One ``verdict`` row per model: HOLDS (no check FAILs) or SUSPECT, and why (every FAIL, in order)."""
+    rows = []
+    for model in dict.fromkeys(checks.model):
+        own = checks[checks.model == model]
+        failed = own[own.status == "FAIL"]
+        skipped = own[own.status == "SKIP"]
+        if failed.empty:
+            detail = f"robustness numbers hold: all {int((own.status == 'PASS').sum())} checks pass"
+            if not skipped.empty:
+                detail += f" ({len(skipped)} skipped: {', '.join(dict.fromkeys(skipped.check))})"
+        else:
+            reasons = "; ".join(f"{r.check} [{r.mode}]: {r.detail}" for r in failed.itertuples(index=False))
+            detail = f"robustness numbers suspect ({len(failed)} FAIL): {reasons}"
+        rows.append(_check("verdict", model, "-", "SUSPECT" if len(failed) else "HOLDS", detail, float(len(failed))))
+    return pd.DataFrame(rows, columns=["check", "model", "mode", "status", "value", "detail"])
+
+
 def sanity_checks(table: pd.DataFrame, gradients: pd.DataFrame | None = None) -> pd.DataFrame:
-    """PASS / FAIL / SKIP rows (check, model, mode, status, value, detail) for a sweep table.
+    """Verdict rows (one per model, first), then PASS / FAIL / SKIP rows (check, model, mode, status,
+    value, detail) for a sweep table.
 
     Checks: iterative ≥ single-step at each eps; success monotone in eps; chance error (≥ 0.75) at
-    the largest eps if the sweep reaches 0.5; square and transfer no stronger than the best
-    white-box attack; and, given :func:`gradient_statistics`, non-zero finite input gradients.
+    the largest eps if the sweep reaches 0.5; square, the vote attack and transfer no stronger than
+    the headline (strongest) white-box attack (:func:`_challenger_checks`); and, given
+    :func:`gradient_statistics`, non-zero finite input gradients. A model's verdict is HOLDS when
+    none of its checks FAILs, else SUSPECT with every failing check.
     """
     rows: list[dict] = []
     for model in dict.fromkeys(table.model):
-        for mode in dict.fromkeys(table["mode"]):
+        for mode in dict.fromkeys(table[table.model == model]["mode"]):
             n = int(table[(table.model == model)].n.iloc[0])
             tol = tolerance(n)
             rows += _iterative_checks(table, model, mode, tol)
             rows += _monotone_checks(table, model, mode, tol)
             rows.append(_chance_check(table, model, mode))
-            rows += _black_box_checks(table, model, mode, tol)
+            rows += _challenger_checks(table, model, mode, tol)
     if gradients is not None:
         rows += _gradient_checks(gradients)
-    dataset = table.attrs.get("dataset", "")
-    checks = pd.DataFrame(rows, columns=["check", "model", "mode", "status", "value", "detail"])
-    checks.insert(0, "dataset", dataset)
+    columns = ["check", "model", "mode", "status", "value", "detail"]
+    checks = pd.DataFrame(rows, columns=columns)
+    checks = pd.concat([verdicts(checks), checks], ignore_index=True)
+    checks.insert(0, "dataset", table.attrs.get("dataset", ""))
     return checks
 
 
@@ -409,41 +662,9 @@ def evaluate_robustness(models: dict[str, nn.Module], images: Tensor, labels: Te
     The gradient statistics themselves are in ``checks.attrs["gradients"]`` (a DataFrame).
     """
     config.validate()  # before the gradients, so a bad option costs nothing
+    check_models(models, config)
     gradients = gradient_statistics(models, images, labels, scores=config.scores, batch_size=config.batch_size)
     table = robustness_sweep(models, images, labels, config, dataset=dataset, progress=progress)
     checks = sanity_checks(table, gradients)
     checks.attrs["gradients"] = gradients
     return table, checks
-
-
-def attack_timings(models: dict[str, nn.Module], images: Tensor, labels: Tensor, config: SweepConfig
-                   ) -> pd.DataFrame:
-    """Wall-clock seconds to run each attack of ``config`` at all its eps values and modes, per model.
-
-    One row per (model, attack): model, attack, steps, eps_values, n, seconds, images_per_s
-    (adversarial images produced per second, all eps values and targets counted). Models are
-    timed in eval mode on their own device, with the same code path as :func:`robustness_sweep`.
-    """
-    config.validate()
-    eps_values = sorted(set(config.eps_values))
-    rows = []
-    for model_name, model in models.items():
-        model.eval()
-        device = _device(model)
-        model_images, model_labels = images.to(device), labels.to(device)
-        source = _transfer_source(models, model_name, config)
-        score = ScoreModel(model, config.scores.get(model_name)).score
-        for attack in config.attacks:
-            start = time.perf_counter()
-            produced = 0
-            for mode in config.modes:
-                for eps in eps_values:
-                    outcome = _run_one(attack, model, source, eps, mode, model_images, model_labels, config, score)
-                    produced += outcome.predictions.numel()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
-            rows.append({"model": model_name, "attack": attack, "steps": config.steps, "eps_values": len(eps_values),
-                         "n": len(labels), "seconds": seconds, "images_per_s": produced / seconds})
-    return pd.DataFrame(rows, columns=["model", "attack", "steps", "eps_values", "n", "seconds", "images_per_s"])
-

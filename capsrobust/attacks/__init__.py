@@ -1,0 +1,28 @@
+"""Adversarial attacks on both models, through torchattacks' ``Attack`` interface (REFERENCE.md §6).
+
+Every attack here is a ``torchattacks.Attack``: it owns the device, targeted/untargeted mode, the
+model's eval mode and clamping to [0, 1]; ``attack(images, labels)`` maps images (N, C, 32, 32) in
+[0, 1] to adversarial images of the same shape within an L∞ ball of radius ``eps`` (pixel units).
+
+- :mod:`~capsrobust.attacks.scores`: which score of each model is attacked (CNN logits, capsule
+  log-activations) and the losses ascended on it;
+- :mod:`~capsrobust.attacks.sign_gradient`: FGSM, BIM and PGD (with restarts) as one attack that
+  returns the first successful iterate and can stop per image once it has succeeded;
+- :mod:`~capsrobust.attacks.vote`: the vote attack of Gu, Wu & Tresp (ICLR 2021) for matrix capsules;
+- :mod:`~capsrobust.attacks.build`: attack specs (``pgd:50x5``), :func:`build_attack` (also APGD,
+  Square and AutoAttack from torchattacks, and the transfer attack), targeted mode.
+"""
+
+from capsrobust.attacks.build import (ATTACK_LOSSES, ATTACK_NAMES, BLACK_BOX, RANDOM_START, RESTARTABLE,
+                                      SIGN_GRADIENT, TARGETED_OK, WHITE_BOX, AttackSpec, TransferAttack, build_attack,
+                                      parse_attack_spec, set_target)
+from capsrobust.attacks.scores import (LOSS_NAMES, SCORE_NAMES, ScoreModel, attack_loss, default_score, margin_loss,
+                                       model_device, spread_attack_loss, unit_scores)
+from capsrobust.attacks.sign_gradient import AttackResult, SignGradientAttack
+from capsrobust.attacks.vote import VoteAttack, VoteScores, check_votes
+
+__all__ = ["ATTACK_LOSSES", "ATTACK_NAMES", "BLACK_BOX", "LOSS_NAMES", "RANDOM_START", "RESTARTABLE", "SCORE_NAMES",
+           "SIGN_GRADIENT", "TARGETED_OK", "WHITE_BOX", "AttackResult", "AttackSpec", "ScoreModel",
+           "SignGradientAttack", "TransferAttack", "VoteAttack", "VoteScores", "attack_loss", "build_attack",
+           "check_votes", "default_score", "margin_loss", "model_device", "parse_attack_spec", "set_target",
+           "spread_attack_loss", "unit_scores"]

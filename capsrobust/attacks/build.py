@@ -1,0 +1,195 @@
+"""Attacks by name: specs such as ``pgd:50x5``, :func:`build_attack`, targeted mode, transfer."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torchattacks
+from torch import Tensor, nn
+from torchattacks.attack import Attack
+
+from capsrobust.attacks.scores import LOSS_NAMES, ScoreModel
+from capsrobust.attacks.sign_gradient import SignGradientAttack, bim, fgsm, pgd
+from capsrobust.attacks.vote import VoteAttack
+from capsrobust.errors import ConfigError
+
+__all__ = ["ATTACK_LOSSES", "ATTACK_NAMES", "BLACK_BOX", "RANDOM_START", "RESTARTABLE", "SIGN_GRADIENT",
+           "TARGETED_OK", "WHITE_BOX", "AttackSpec", "TransferAttack", "build_attack", "parse_attack_spec",
+           "set_target"]
+
+ATTACK_NAMES = ("fgsm", "bim", "pgd", "apgd", "square", "autoattack", "vote", "transfer")
+#: Gradient attacks on the evaluated model's own scores: what a robustness number usually rests on.
+WHITE_BOX = ("fgsm", "bim", "pgd", "apgd", "autoattack")
+#: Attacks whose strength tests the white-box ones (gradient-free; capsule-aware; crafted elsewhere).
+BLACK_BOX = ("square", "transfer")
+#: Run by :class:`SignGradientAttack` (per-image early stopping, shared clean gradients).
+SIGN_GRADIENT = ("fgsm", "bim", "pgd", "vote")
+#: Attacks that start from a random point.
+RANDOM_START = ("pgd", "vote", "apgd", "square", "autoattack")
+#: Attacks that take ``xR`` restarts in their spec.
+RESTARTABLE = ("pgd", "vote", "apgd")
+#: Attacks with a targeted mode here (APGD and AutoAttack are untargeted in torchattacks 3.5.1).
+TARGETED_OK = ("fgsm", "bim", "pgd", "vote", "square", "transfer")
+#: Losses each attack accepts (the others take every loss in LOSS_NAMES).
+ATTACK_LOSSES = {"apgd": ("ce", "dlr"), "square": ("ce", "margin"), "autoattack": ("ce",)}
+
+_SPEC = re.compile(r"^(?P<name>[a-z]+)(?::(?P<steps>\d+)(?:x(?P<restarts>\d+))?)?$")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of a sweep: ``NAME[:STEPS[xRESTARTS]]``, e.g. ``pgd``, ``pgd:50x5``, ``autoattack:100``.
+
+    ``steps`` None means the sweep's ``--steps``; it counts iterations (bim, pgd, vote, apgd, the
+    gradient attacks inside autoattack), hundreds of queries (square) or the source PGD's iterations
+    (transfer); ``restarts`` (pgd, vote, apgd) are random restarts. ``label`` is the spec as written,
+    the name of its rows.
+    """
+
+    name: str
+    steps: int | None = None
+    restarts: int = 1
+    label: str = ""
+
+    def resolved_steps(self, default: int) -> int:
+        return self.steps if self.steps is not None else default
+
+
+def parse_attack_spec(text: str) -> AttackSpec:
+    """``pgd:50x5`` → AttackSpec("pgd", 50, 5); one-line :class:`ConfigError` naming what is wrong."""
+    label = text.strip().lower()
+    match = _SPEC.match(label)
+    name = match.group("name") if match else label.split(":")[0]
+    if name not in ATTACK_NAMES:
+        raise ConfigError(f"unknown attack {name!r}; valid attacks: {', '.join(ATTACK_NAMES)} "
+                          "(or a comma-separated list such as fgsm,bim; pgd:50x5 = 50 steps, 5 restarts)")
+    if match is None:
+        raise ConfigError(f"attack {text.strip()!r} is not NAME[:STEPS[xRESTARTS]], e.g. pgd:50x5")
+    steps = None if match.group("steps") is None else int(match.group("steps"))
+    restarts = 1 if match.group("restarts") is None else int(match.group("restarts"))
+    if name == "fgsm" and steps is not None:
+        raise ConfigError(f"fgsm takes one step; write fgsm, not {label}")
+    if steps is not None and steps < 1 or restarts < 1:
+        raise ConfigError(f"attack {label}: steps and restarts must be at least 1")
+    if match.group("restarts") is not None and name not in RESTARTABLE:
+        raise ConfigError(f"attack {label}: only {', '.join(RESTARTABLE)} take restarts (xR)")
+    return AttackSpec(name, steps, restarts, label)
+
+
+class TransferAttack(Attack):
+    r"""Transfer (black-box) attack: adversarial examples crafted on a *source* model by
+    ``source_attack`` and applied unchanged to this model (Papernot et al. 2016; paper §6).
+
+    Arguments: model (the model under evaluation; only its device is used), source_attack (any
+    Attack built on the other model). Targeted mode set on this attack is passed to the source
+    attack (torchattacks' ``wrapper_method`` forwards mode setters to sub-attacks).
+    Shapes: images (N, C, H, W) in [0, 1], labels (N,) → (N, C, H, W).
+
+    Example::
+        >>> transfer = TransferAttack(ScoreModel(capsnet), build_attack("pgd", cnn, eps=0.1))
+        >>> adversarial = transfer(images, labels)   # evaluate capsnet on these
+    """
+
+    def __init__(self, model: nn.Module, source_attack: Attack) -> None:
+        super().__init__("Transfer", model)
+        self.source_attack = source_attack  # registered in self._attacks by Attack.__setattr__
+        self.eps = getattr(source_attack, "eps", None)
+        self.supported_mode = ["default", "targeted"]
+
+    def forward(self, images: Tensor, labels: Tensor, start_noise: Tensor | None = None) -> Tensor:
+        if isinstance(self.source_attack, SignGradientAttack):
+            adversarial = self.source_attack.perturb(images, labels, start_noise=start_noise).adversarial
+        else:
+            adversarial = self.source_attack(images, labels)
+        return adversarial.detach().to(self.device)
+
+
+def set_target(attack: Attack, target_class: int | None) -> Attack:
+    """Make ``attack`` targeted at one class for every example (None: back to untargeted)."""
+    if target_class is None:
+        if attack.targeted:
+            attack.attack_mode, attack.targeted = "default", False
+            for sub in attack._attacks.values():
+                sub.attack_mode, sub.targeted = "default", False
+        return attack
+    try:
+        attack.set_mode_targeted_by_function(lambda images, labels: torch.full_like(labels, target_class), quiet=True)
+    except ValueError:  # torchattacks: "Targeted mode is not supported."
+        raise ConfigError(f"{attack.attack} has no targeted mode; targeted attacks: {', '.join(TARGETED_OK)}") from None
+    return attack
+
+
+def build_attack(
+    name: str | AttackSpec,
+    model: nn.Module,
+    eps: float,
+    *,
+    loss: str = "ce",
+    steps: int = 10,
+    restarts: int | None = None,
+    score: str | None = None,
+    source_model: nn.Module | None = None,
+    seed: int = 0,
+    n_classes: int = 5,
+    early_stop: bool = True,
+    batch_size: int | None = None,
+) -> Attack:
+    """A torchattacks ``Attack`` for ``name`` (an :class:`AttackSpec`, or a spec string such as
+    ``pgd:50x5``) on ``model`` at L∞ radius ``eps`` (pixel units).
+
+    ``model`` is a capsrobust model (wrapped here in :class:`ScoreModel` with ``score``) or already a
+    ScoreModel. ``steps``/``restarts`` apply where the spec leaves them out. Step size for bim, pgd
+    and vote is 2.5·eps/steps (Madry et al. 2018), so the iterate can reach any corner of the ball.
+
+    - fgsm, bim, pgd: :class:`SignGradientAttack` (any loss; ``early_stop``: stop per image once it
+      is broken or on target; ``batch_size``: images per forward/backward).
+    - vote: :class:`VoteAttack` (capsule nets only: one-line error for a CNN).
+    - apgd, square: torchattacks' APGD (ce/dlr) and Square (ce/margin, 100·steps queries).
+    - autoattack: torchattacks' AutoAttack ``standard`` -- APGD-CE, APGD-T (DLR, 4 targets), FAB-T,
+      then Square (5,000 queries), each on the points the earlier ones left robust; the three
+      gradient attacks run ``steps`` iterations (torchattacks' default 10; Croce & Hein use 100:
+      ``autoattack:100``). On a capsule net all four see the score of :class:`ScoreModel`:
+      log-activations by default (softmax of them = the normalised activations).
+    - transfer: PGD (same loss and steps, final iterate) crafted on ``source_model`` with that
+      model's default score (or its own, if it is already a ScoreModel), applied to ``model``.
+    """
+    spec = name if isinstance(name, AttackSpec) else parse_attack_spec(name)
+    if loss not in LOSS_NAMES:
+        raise ConfigError(f"unknown loss {loss!r}; valid losses: {', '.join(LOSS_NAMES)}")
+    allowed = ATTACK_LOSSES.get(spec.name)
+    if allowed and loss not in allowed:
+        raise ConfigError(f"{spec.name} supports --loss {' or '.join(allowed)}, not {loss!r}")
+    if not 0.0 <= eps <= 1.0:
+        raise ConfigError(f"eps must be in [0, 1] (pixel units), got {eps}")
+    steps = spec.resolved_steps(steps)
+    restarts = spec.restarts if spec.restarts != 1 or restarts is None else restarts
+    if steps < 1 or restarts < 1:
+        raise ConfigError(f"--steps and restarts must be at least 1, got {steps} and {restarts}")
+    wrapped = model if isinstance(model, ScoreModel) else ScoreModel(model, score)
+    options = dict(early_stop=early_stop, batch_size=batch_size, seed=seed)
+    if spec.name == "fgsm":
+        return fgsm(wrapped, eps, loss=loss, **options)
+    if spec.name == "bim":
+        return bim(wrapped, eps, steps, loss=loss, **options)
+    if spec.name == "pgd":
+        return pgd(wrapped, eps, steps, restarts, loss=loss, **options)
+    if spec.name == "vote":
+        return VoteAttack(wrapped, eps, steps, restarts, loss=loss, **options)
+    if spec.name == "transfer":
+        if source_model is None:
+            raise ConfigError("transfer needs a source model (the other model of the pair)")
+        source = source_model if isinstance(source_model, ScoreModel) else ScoreModel(source_model)
+        crafted = pgd(source, eps, steps, 1, loss=loss, keep="last", early_stop=False, batch_size=batch_size,
+                      seed=seed)
+        return TransferAttack(wrapped, crafted)
+    if spec.name == "apgd":
+        return torchattacks.APGD(wrapped, norm="Linf", eps=eps, steps=steps, n_restarts=restarts, loss=loss, seed=seed)
+    if spec.name == "square":
+        return torchattacks.Square(wrapped, norm="Linf", eps=eps, n_queries=100 * steps, loss=loss, seed=seed)
+    auto = torchattacks.AutoAttack(wrapped, norm="Linf", eps=eps, version="standard", n_classes=n_classes, seed=seed)
+    for sub in auto._autoattack.attacks:
+        if not isinstance(sub, torchattacks.Square):
+            sub.steps = steps
+    return auto
