@@ -44,8 +44,8 @@ PRESETS: dict[str, Preset] = {
     for preset in (
         Preset(
             "default",
-            "2 routing iterations, spread-loss margin held at 0.2, beta_a in logit units",
-            capsule_options=dict(iterations=2, beta_parametrisation="logit"),
+            "2 routing iterations, beta_a in logit units, IBM's cost normalisation, spread-loss margin held at 0.2",
+            capsule_options=dict(iterations=2, beta_parametrisation="logit", cost_normalisation="ibm"),
             margin_schedule="held",
         ),
         Preset(

@@ -302,7 +302,7 @@ def test_capsule_options_are_recorded_in_the_run(data_dir: Path, tmp_path: Path)
     # the explicit options, over the default preset's (iterations), all recorded
     assert config["model_overrides"] == {"lambda_scale": 10.0, "schedule": "normalized",
                                          "beta_parametrisation": "official", "transform_init": "normal",
-                                         "iterations": 2}
+                                         "iterations": 2, "cost_normalisation": "ibm"}
     assert config["preset"] == "default"
     assert config["max_eval_examples"] == 4
     assert config["margin_schedule"] == "official"
