@@ -475,6 +475,20 @@ def test_attack_command_runs_the_strong_attacks_with_their_own_rows(tiny: Simple
     assert "autoattack:" in (out / "sweep.md").read_text() and "vote:" in (out / "sweep.md").read_text()
 
 
+def test_attack_command_without_savings_writes_the_same_sweep(tiny: SimpleNamespace, tmp_path: Path):
+    tables = []
+    for flag in ([], ["--no-savings"]):
+        out = tmp_path / f"run{len(flag)}"
+        result = CliRunner().invoke(cli, attack_args(tiny, "fgsm,bim,pgd", "--eps", "0,0.05", "--steps", "2", *flag,
+                                                     out=out))
+        assert result.exit_code == 0, result.output
+        tables.append(pd.read_csv(out / "sweep.csv"))
+        assert json.loads((out / "provenance.json").read_text())["savings"] is (not flag)
+    result_columns = [c for c in tables[0].columns if c not in ("seconds", "gradient_images", "forward_images")]
+    pd.testing.assert_frame_equal(tables[0][result_columns], tables[1][result_columns])
+    assert tables[0].gradient_images.sum() < tables[1].gradient_images.sum()
+
+
 def test_attack_command_targeted_writes_the_success_plot(tiny: SimpleNamespace, tmp_path: Path):
     out = tmp_path / "targeted"
     out.mkdir()
