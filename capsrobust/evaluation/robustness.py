@@ -94,9 +94,11 @@ COMPARE_TOLERANCE = 0.02
 #: Gradient check: FAIL when more than this fraction of input-gradient entries is exactly zero.
 MAX_ZERO_GRADIENT_FRACTION = 0.5
 MODES = ("untargeted", "targeted")
-#: Images per forward/backward by model kind (``score_kind``). Measured on capsules-small, one
-#: thread: forward + backward 149 images/s at 16, 143 at 32, 121 at 64 and 51 at 128 (EM routing's
-#: temporaries leave the cache); the CNN is flat from 32 to 128 (~1,000/s) and slower beyond.
+#: Images per forward/backward by model kind (``score_kind``). Measured (one thread, a busy 2-core
+#: CPU, best of 3 after a warm-up): capsules-small forward + backward 153 images/s at 8, 167 at 16,
+#: 163 at 32, 156 at 64, 144 at 128 (a first pass at 100-128 ran at 50-100/s while its
+#: vote-sized temporaries were allocated); capsules 30/s at 4-16, 19 at 32; the CNN 1,100/s at
+#: 32, 1,300 at 128-256. Small batches also keep batches full as early stopping thins them out.
 DEFAULT_BATCH_SIZES = {"activation": 16, "logits": 128}
 #: Square's batch, in multiples of the model's: it needs no backward pass.
 SQUARE_BATCH_FACTOR = 4
