@@ -30,13 +30,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny(name: str, iterations: int = 3, seed: int = 0) -> nn.Module:
+def tiny(name: str, iterations: int = 3, seed: int = 0, **options: str) -> nn.Module:
     """``name``'s builder at 4/2/2/2 capsules, with non-zero class-layer betas (so they are tested too)."""
     torch.manual_seed(seed)
-    model = build_model(name, A=4, B=2, C=2, D=2, iterations=iterations).eval()
+    model = build_model(name, A=4, B=2, C=2, D=2, iterations=iterations, **options).eval()
     with torch.no_grad():
         model.class_caps.beta_u.normal_(0.0, 0.5)
-        model.class_caps.beta_a.normal_(0.0, 50.0)
+        # ~0.2 in logit units either way: direct betas are multiplied by lambda (~4e-3), logit ones are not.
+        model.class_caps.beta_a.normal_(0.0, 0.2 if options.get("beta_parametrisation") == "logit" else 50.0)
     return model
 
 
@@ -66,19 +67,26 @@ def oracle_vote_activations(model: nn.Module, images: torch.Tensor) -> torch.Ten
     mean = (a * votes).sum(2) / a.sum(2)
     variance = (a * (votes - mean[:, :, None]) ** 2).sum(2) / a.sum(2) + VARIANCE_FLOOR
     mass = a.sum(2)[:, :, 0] / classes  # (N, 1)
-    final_lambda = inverse_temperatures("official", caps.iterations, 0.25)[-1]  # the class layer's lambda / 4
+    # The class layer's lambda: official 1/4, or IBM's cost factor 100 O / I (layers.cost_factor).
+    factor = 0.25 if caps.cost_normalisation == "none" else 100.0 * classes / (h * w * d)
+    final_lambda = inverse_temperatures("official", caps.iterations, factor)[-1]
     cost = mass * (16 * caps.beta_u.double() + 0.5 * variance.log().sum(-1))
+    if caps.beta_parametrisation == "logit":  # beta_a is the final logit's offset: logit = beta_a - lambda cost
+        return torch.sigmoid(caps.beta_a.double() - final_lambda * cost)
     return torch.sigmoid(final_lambda * (caps.beta_a.double() - cost))
 
 
 @pytest.mark.parametrize("name", CONFIGURATIONS)
-def test_vote_scores_are_one_m_step_over_the_class_votes(name: str):
-    model = tiny(name)
+@pytest.mark.parametrize("options", [{}, {"beta_parametrisation": "logit", "cost_normalisation": "ibm"}],
+                         ids=["official", "logit-ibm"])
+def test_vote_scores_are_one_m_step_over_the_class_votes(name: str, options: dict):
+    model = tiny(name, **options)
     images, _ = images_and_labels()
     scores = VoteScores(model)(images)
     expected = oracle_vote_activations(model, images)
     assert torch.allclose(scores.double(), expected, atol=1e-6, rtol=0)
-    assert expected.std(dim=1).min() > 1e-4  # the classes differ: the comparison is not vacuous
+    assert expected.std(dim=1).min() > 1e-4  # the classes differ: the comparison is not vacuous ...
+    assert 1e-3 < expected.min() and expected.max() < 1 - 1e-3  # ... and the sigmoid is not saturated
 
 
 @pytest.mark.parametrize("name", CONFIGURATIONS)

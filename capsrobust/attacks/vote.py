@@ -3,9 +3,9 @@ Networks"), adapted to matrix capsules with EM routing.
 
 Gu et al. attack a dynamic-routing CapsNet through its class *votes* instead of its outputs: the
 class score is the length of the squashed average of the votes û_{j|i} over the children i --
-the output routing would give with its initial, uniform coupling coefficients, i.e. with no
-agreement iteration at all -- so the gradient bypasses routing, which otherwise dilutes and
-distorts it.
+up to a constant factor before the squash, the output routing would give with its initial,
+uniform coupling coefficients, i.e. with no agreement iteration at all -- so the gradient
+bypasses routing, which otherwise dilutes and distorts it.
 
 EM routing has no vote length: a class capsule's activation is what its M-step makes of the
 *spread* of its votes around their mean (paper Procedure 1). The score used here, per class j,
