@@ -56,7 +56,7 @@ class TrainConfig:
     steps: int | None = None  # total optimisation steps; default from epochs
     epochs: float | None = None  # used when steps is None (default 10)
     batch_size: int = 32
-    lr: float = 3e-3  # Adam, as the authors (REFERENCE.md §4)
+    lr: float | None = None  # Adam; None: the preset's for this model (presets.Preset: 3e-3 capsules, 1e-3 cnn)
     lr_decay: float = 0.96  # multiplied every lr_decay_every steps
     lr_decay_every: int = 0  # 0: total_steps // 20 (the paper's 20k-step period, scaled to the run)
     weight_decay: float = 2e-7
@@ -79,7 +79,7 @@ class TrainConfig:
             raise ConfigError(f"--epochs must be positive, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.target_familiar_error is not None and not 0 <= self.target_familiar_error <= 1:
             raise ConfigError(f"--target-familiar-error must be a fraction in [0, 1], got {self.target_familiar_error}")

@@ -135,7 +135,8 @@ Examples:
 @click.option("--max-eval-examples", type=click.IntRange(min=0), default=1000, show_default=True,
               help="full mode: validation images per evaluation (0: all).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Adam learning rate for every variant [default: each preset's: 3e-3 capsule nets, 1e-3 cnn].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="smallNORB directory; default: synthnorb.")
@@ -164,13 +165,13 @@ def learning(variants: tuple[str, ...], mode: str, n_images: int, steps: int | N
         steps = steps or 300
         curves, summary = probe_subset(parsed, data, n=n_images, steps=steps, check_every=check_every, seed=seed,
                                        batch_size=batch_size, lr=lr, progress=not no_progress)
-        settings = f"{n_images} fixed training images, centre crops, no augmentation, {steps} steps, batch {batch_size}, lr {lr}, seed {seed}"
+        settings = f"{n_images} fixed training images, centre crops, no augmentation, {steps} steps, batch {batch_size}, lr {lr or 'preset'}, seed {seed}"
     else:
         steps = steps or 1500
         curves, summary = probe_full(parsed, data, runs_dir, steps=steps, eval_every=eval_every,
                                      max_eval_examples=max_eval_examples, seed=seed, batch_size=batch_size, lr=lr,
                                      resume=resume, progress=not no_progress, log=lambda m: click.echo(m, err=True))
-        settings = (f"full training set with augmentation, {steps} steps, batch {batch_size}, lr {lr}, seed {seed}; "
+        settings = (f"full training set with augmentation, {steps} steps, batch {batch_size}, lr {lr or 'preset'}, seed {seed}; "
                     f"validation error on {max_eval_examples or 'all'} held-out-toy images every {eval_every} steps")
     heading = f"Learning probe, {mode} mode: {data.describe()}; {settings}"
     if out_dir is not None:

@@ -294,7 +294,11 @@ def test_budget_overrides_reach_the_capsule_config_only() -> None:
     assert budget.capsule_overrides == {"iterations": 2, "lambda_scale": 10.0}
     caps = budget.train_config("capsules-small", split="azimuth", data_dir=None, mode="stereo", seed=0, n_train=64)
     cnn = budget.train_config("cnn", split="azimuth", data_dir=None, mode="stereo", seed=0, n_train=64)
-    assert caps.model_overrides == {"iterations": 2, "lambda_scale": 10.0} and cnn.model_overrides == {}
+    from capsrobust.presets import PRESETS
+
+    # the budget's options over the default preset's, as training records them
+    assert caps.model_overrides == {**PRESETS["default"].capsule_options, "iterations": 2, "lambda_scale": 10.0}
+    assert cnn.model_overrides == {}
     with pytest.raises(ConfigError, match="--lambda-scale"):
         get_budget("quick").with_overrides(lambda_scale=0.0)
 

@@ -119,7 +119,7 @@ def _fixed_subset(data: PreparedData, n: int, seed: int) -> tuple[torch.Tensor, 
 
 
 def _fit_subset(variant: Variant, images: torch.Tensor, labels: torch.Tensor, *, steps: int, check_every: int,
-                seed: int, batch_size: int, lr: float, tick: Callable[[], None]) -> list[dict[str, Any]]:
+                seed: int, batch_size: int, lr: float | None, tick: Callable[[], None]) -> list[dict[str, Any]]:
     """Train one variant on (images (n, C, 48, 48), labels (n,)) and return one record per check."""
     config = variant.train_config(batch_size=batch_size, lr=lr, seed=seed, steps=steps)
     torch.manual_seed(seed)
@@ -159,14 +159,15 @@ def _fit_subset(variant: Variant, images: torch.Tensor, labels: torch.Tensor, *,
 
 
 def probe_subset(variants: list[Variant], data: PreparedData, *, n: int = 512, steps: int = 300,
-                 check_every: int = 25, seed: int = 0, batch_size: int = 32, lr: float = 3e-3,
+                 check_every: int = 25, seed: int = 0, batch_size: int = 32, lr: float | None = None,
                  progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit every variant to the same ``n`` training images; returns (curves, summary).
 
     curves: one row per (variant, check): step, training seconds so far, mean loss since the last
     check, accuracy on all ``n`` images (eval mode, centre crops) and mean class-score spread.
     summary: one row per variant: accuracy at each check step, final spread, steps to 95 % and seconds.
-    ``batch_size``/``lr`` are the defaults; a variant's own ``lr=``/``batch_size=`` win.
+    ``batch_size``/``lr`` are the defaults (``lr`` None: each preset's for the model); a variant's own
+    ``lr=``/``batch_size=`` win.
     """
     if n < 1 or steps < 1 or check_every < 1:
         raise ConfigError("--n, --steps and --check-every must be at least 1")
@@ -202,7 +203,7 @@ def summarise_subset(curves: pd.DataFrame) -> pd.DataFrame:
 
 def probe_full(variants: list[Variant], data: PreparedData, out_dir: str | Path, *, steps: int = 1500,
                eval_every: int = 300, max_eval_examples: int = 1000, seed: int = 0, batch_size: int = 32,
-               lr: float = 3e-3, resume: bool = False, progress: bool = True,
+               lr: float | None = None, resume: bool = False, progress: bool = True,
                log: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Short runs on the full training set, one run directory per variant under ``out_dir``.
 
@@ -218,6 +219,7 @@ def probe_full(variants: list[Variant], data: PreparedData, out_dir: str | Path,
         run_dir = out / _run_name(variant, seed)
         config = variant.train_config(steps=steps, eval_every=eval_every, max_eval_examples=max_eval_examples,
                                       seed=seed, batch_size=batch_size, lr=lr)
+        _check_same_recipe(run_dir, config)
         if not _finished(run_dir, steps):
             log(f"learning probe: {variant.label} -> {run_dir}")
             train(config, run_dir, resume=resume and (run_dir / "last.pt").exists(), data=data,
@@ -241,6 +243,35 @@ def probe_full(variants: list[Variant], data: PreparedData, out_dir: str | Path,
 def _run_name(variant: Variant, seed: int) -> str:
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in variant.label.replace(":", "-").replace("@", "-"))
     return f"{safe}-seed{seed}"
+
+
+def _check_same_recipe(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse to reuse a run directory whose run.json records other options than ``config``."""
+    run_json = run_dir / "run.json"
+    if not run_json.exists():
+        return
+    saved = json.loads(run_json.read_text()).get("config", {})
+    saved = {**saved, "model_overrides": _with_defaults(config.model, saved.get("model_overrides", {}))}
+    wanted = {"model_overrides": _with_defaults(config.model, config.model_overrides)}
+    for key in ("model", "model_overrides", "margin_schedule", "lr", "batch_size", "seed"):
+        want = wanted.get(key, getattr(config, key))
+        if saved.get(key) != want:
+            raise ConfigError(f"{run_dir} holds a run with {key}={saved.get(key)!r}, not {want!r}; "
+                              "choose another --runs directory")
+
+
+def _with_defaults(model: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A model's options with the builder's defaults filled in, so {} and {"iterations": 3} compare equal."""
+    import inspect
+
+    if not is_capsule_model(model):
+        return dict(overrides)
+    from capsrobust.models import MatrixCapsNet
+
+    defaults = {name: p.default for name, p in inspect.signature(MatrixCapsNet.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty and name != "routing"}
+    defaults["iterations"] = 3  # both capsule builders' own default
+    return {**defaults, **overrides}
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
