@@ -21,9 +21,14 @@ __all__ = ["plot_accuracy_vs_eps", "plot_targeted_success"]
 #: One colour per model (capsule nets warm, CNN cool), one line style per attack.
 _MODEL_COLOURS = {"capsules": "tab:red", "capsules-small": "tab:orange", "cnn": "tab:blue"}
 _ATTACK_STYLES = {"fgsm": "-", "bim": "--", "pgd": "-.", "apgd": (0, (5, 1)), "autoattack": (0, (3, 1, 1, 1, 1, 1)),
-                  "square": (0, (1, 1)), "transfer": (0, (5, 2, 1, 2)), "worst-case": ":"}
+                  "square": (0, (1, 1)), "transfer": (0, (5, 2, 1, 2)), "vote": (0, (8, 2)), "worst-case": ":"}
 _MARKERS = {"fgsm": "o", "bim": "s", "pgd": "^", "apgd": "v", "autoattack": "D", "square": "x", "transfer": "+",
-            "worst-case": None}
+            "vote": "P", "worst-case": None}
+
+
+def _family(attack: str) -> str:
+    """The attack's name without its steps and restarts: ``pgd:50x5`` -> ``pgd``."""
+    return attack.split(":", 1)[0]
 
 
 def pyplot() -> Any:
@@ -81,8 +86,8 @@ def _lines(ax: Any, rows: pd.DataFrame, value: str, scale: float = 1.0, offset: 
     for (model, attack), group in rows.groupby(["model", "attack"], sort=False):
         group = group.sort_values("eps")
         ax.plot(group.eps, offset + scale * group[value], label=f"{model} · {attack}",
-                color=_MODEL_COLOURS.get(model, "tab:gray"), linestyle=_ATTACK_STYLES.get(attack, "-"),
-                marker=_MARKERS.get(attack), markersize=4, linewidth=1.6 if attack != "worst-case" else 2.2)
+                color=_MODEL_COLOURS.get(model, "tab:gray"), linestyle=_ATTACK_STYLES.get(_family(attack), "-"),
+                marker=_MARKERS.get(_family(attack)), markersize=4, linewidth=1.6 if attack != "worst-case" else 2.2)
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:

@@ -199,3 +199,12 @@ def test_capsule_layer_statistics_refuse_a_model_without_capsules():
 
     with pytest.raises(ValueError, match="no capsule layers"):
         capsule_layer_statistics(build_model("cnn"), torch.rand(2, 2, 32, 32))
+
+
+def test_a_first_forward_under_inference_mode_does_not_break_later_backward_passes():
+    model = build_model("capsules-small", A=4, B=2, C=2, D=2)
+    with torch.inference_mode():  # caches the ConvCaps patch index
+        model(torch.rand(1, 2, 32, 32))
+    images = torch.rand(1, 2, 32, 32, requires_grad=True)
+    model(images).sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0

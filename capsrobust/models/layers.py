@@ -182,8 +182,9 @@ class ConvCaps(nn.Module):
 
     def _index_for(self, height: int, width: int, device: torch.device) -> Tensor:
         if self._geometry != (height, width) or self.child_index.device != device:
-            index = patch_child_index(height, width, self.in_types, self.kernel_size, self.stride)
-            self.child_index = index.to(device)
+            with torch.inference_mode(False):  # a cached index made under inference mode would break later backward passes
+                index = patch_child_index(height, width, self.in_types, self.kernel_size, self.stride)
+                self.child_index = index.to(device)
             self._geometry = (height, width)
         return self.child_index
 
