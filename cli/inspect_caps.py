@@ -163,10 +163,12 @@ def _routing(checkpoint, data, model, prepared, image_index, per_class, out, hea
     records, class_table, conv_table = inspect_routing(model, center_crop(images), labels)
     what = (f"validation image {image_index} (class {int(labels[0])})" if image_index is not None
             else f"{per_class} validation images per class")
-    wide = class_table.pivot_table(index=["class_capsule", "whose"], columns="iteration",
-                                   values="mean_distance").add_prefix("iteration ").reset_index()
+    distance = class_table.pivot_table(index=["class_capsule", "whose"], columns="iteration", values="mean_distance")
+    share = class_table.pivot_table(index=["class_capsule", "whose"], columns="iteration", values="weight_share")
+    wide = pd.concat([distance.add_prefix("distance it"), share.add_prefix("share it")], axis=1).reset_index()
     click.echo(f"{header}: routing on {what}")
-    click.echo("Class capsules: assignment-weighted mean distance ||vote - mean|| per iteration")
+    click.echo("Class capsules: assignment-weighted mean distance ||vote - mean|| and share of the child "
+               "activation mass (sum_i R_ij a_i / sum_i a_i) per iteration")
     click.echo(to_markdown(wide, float_digits=3))
     click.echo("\nConvolutional capsule layers (weighted mean distance, mean over positions, types and images)")
     click.echo(to_markdown(conv_table, float_digits=3))
@@ -181,8 +183,8 @@ def _routing(checkpoint, data, model, prepared, image_index, per_class, out, hea
     write_csv(class_table, out / f"{stem}-class.csv")
     write_csv(conv_table, out / f"{stem}-conv.csv")
     atomic_write_text(out / f"{stem}.md",
-                      f"# Routing, {header}\n\n{what}.\n\n## Class capsules: weighted mean distance per "
-                      f"iteration\n\n{to_markdown(wide, float_digits=3)}\n\n## Convolutional capsule layers\n\n"
+                      f"# Routing, {header}\n\n{what}.\n\n## Class capsules: weighted mean distance and share of "
+                      f"the child activation mass per iteration\n\n{to_markdown(wide, float_digits=3)}\n\n## Convolutional capsule layers\n\n"
                       f"{to_markdown(conv_table, float_digits=3)}\n\nWeights R_ij a_i of the M-step of each "
                       "iteration (iteration 1: uniform R); distances to the mean that M-step computes. Written by "
                       f"the command in {stem}.json.\n")

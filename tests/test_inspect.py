@@ -153,7 +153,7 @@ def test_cli_routing_writes_histograms_tables_and_provenance(trained, tmp_path: 
     result = CliRunner().invoke(cli, ["inspect", str(caps), "--routing", "--per-class", "2", "--data-dir",
                                       str(data_dir), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "iteration 1" in result.output and "conv_caps1" in result.output
+    assert "distance it1" in result.output and "share it2" in result.output and "conv_caps1" in result.output
     for name in ("routing.png", "routing.md", "routing-class.csv", "routing-conv.csv"):
         assert (out / name).is_file(), name
     record = json.loads((out / "routing.json").read_text())
