@@ -218,3 +218,17 @@ def test_score_spread_uses_activations_raw_and_logits_as_probabilities():
     assert score_spread(acts, "activation").item() == pytest.approx(0.4)
     logits = torch.tensor([[0.0, 0.0, 0.0]])
     assert score_spread(logits, "logits").item() == pytest.approx(0.0)
+
+
+def test_centred_coordinates_move_the_class_poses_but_not_the_activations():
+    """Centring shifts every vote of a class capsule by one constant; EM routing is shift-equivariant."""
+    torch.manual_seed(0)
+    unit = build_model("capsules-small", **TINY)
+    centred = build_model("capsules-small", **TINY, coordinates="centred")
+    centred.load_state_dict(unit.state_dict())
+    images = torch.rand(3, 2, 32, 32)
+    acts_u, poses_u = unit.forward_with_poses(images)
+    acts_c, poses_c = centred.forward_with_poses(images)
+    torch.testing.assert_close(acts_c, acts_u, atol=1e-5, rtol=1e-4)
+    shift = (unit.class_caps.centres - centred.class_caps.centres).reshape(-1, 2)[0]
+    torch.testing.assert_close(poses_u[..., 3] - poses_c[..., 3], shift[0].expand(3, 5), atol=1e-5, rtol=1e-4)
