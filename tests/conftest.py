@@ -13,6 +13,17 @@ from capsrobust.data.smallnorb import OFFICIAL_PREFIX, SPLIT_INSTANCES
 from capsrobust.paths import CACHE_ENV
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a busy 2-core machine OpenMP threads spin on tiny tensors (100x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own empty cache directory (decoded arrays, recorded checksums)."""

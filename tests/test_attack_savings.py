@@ -20,12 +20,7 @@ from capsrobust.models import build_model
 from tests.test_attacks import TemplateCapsules, TemplateModel, separable_data, templates
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_capsules(seed: int = 0) -> nn.Module:

@@ -34,13 +34,7 @@ from tests.test_cli_data import assert_one_line_error
 PIXELS = 2 * 32 * 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine OpenMP threads spin on tiny tensors (100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # ---------------------------------------------------------------------------------------------
 # Toy models with known answers: images (N, 2, 32, 32) in [0, 1] -> scores (N, 5).

@@ -165,17 +165,17 @@ def test_official_betas_start_at_the_official_values_and_keep_the_parameter_name
     assert torch.all(direct.class_caps.beta_a == 0.0)
 
 
-def test_official_betas_move_the_class_logits_thousands_of_times_faster():
-    """A unit step of beta_a moves a class logit by lambda (direct) or 5000 lambda (official)."""
-    torch.manual_seed(0)
+@pytest.mark.parametrize("kind", ["official", "logit"])
+def test_learnable_betas_move_the_class_logits_thousands_of_times_faster(kind):
+    """A unit step of beta_a moves a class logit by lambda (direct), 5000 lambda (official) or 1 (logit)."""
     images = torch.rand(4, 2, 32, 32)
     grads = {}
-    for kind in ("direct", "official"):
+    for parametrisation in ("direct", kind):
         torch.manual_seed(0)
-        model = build_model("capsules-small", A=8, B=4, C=4, D=4, beta_parametrisation=kind)
+        model = build_model("capsules-small", A=8, B=4, C=4, D=4, beta_parametrisation=parametrisation)
         model(images).sum().backward()
-        grads[kind] = model.class_caps.beta_a.grad.abs().mean().item()
-    assert grads["official"] > 1000 * grads["direct"]
+        grads[parametrisation] = model.class_caps.beta_a.grad.abs().mean().item()
+    assert grads[kind] > 1000 * grads["direct"]
 
 
 def test_unknown_beta_parametrisation_is_rejected():

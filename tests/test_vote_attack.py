@@ -22,12 +22,7 @@ from capsrobust.models.routing import VARIANCE_FLOOR, inverse_temperatures
 CONFIGURATIONS = ("capsules", "capsules-small")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(name: str, iterations: int = 3, seed: int = 0, **options: str) -> nn.Module:
