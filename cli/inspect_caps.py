@@ -195,6 +195,7 @@ def _routing(checkpoint, data, model, prepared, image_index, per_class, out, hea
 
 
 def _pose_probe(checkpoints, prepared, probe_images, out, header) -> None:
+    import numpy as np
     import pandas as pd
 
     from capsrobust.data.transforms import center_crop
@@ -210,20 +211,26 @@ def _pose_probe(checkpoints, prepared, probe_images, out, header) -> None:
     train_images = center_crop(prepared.images["training"][train_rows])
     test_images = center_crop(prepared.images["testing"][test_rows])
     tables = []
-    subjects = [(None, None, "winning")]
+    # Two references: "constant" (no features: the probe predicts the fitting set's mean, the score of
+    # knowing nothing about the image) and raw pixels.
+    subjects = [(None, None, "constant"), (None, None, "winning")]
     for path, data in checkpoints:
         kinds = ("winning", "masked") if is_capsule_model(data["model"]) else ("winning",)
         subjects += [(path, data, kind) for kind in kinds]
     cache: dict = {}
     for path, data, kind in subjects:
         model = None if data is None else cache.setdefault(path, model_from_checkpoint(data))
-        table = viewpoint_probe_table(probe_features(model, train_images, capsule_features=kind),
-                                      probe_features(model, test_images, capsule_features=kind),
-                                      prepared, train_rows, test_rows, splits)
+        if kind == "constant":
+            train_x, test_x = np.zeros((len(train_rows), 1)), np.zeros((len(test_rows), 1))
+        else:
+            train_x = probe_features(model, train_images, capsule_features=kind)
+            test_x = probe_features(model, test_images, capsule_features=kind)
+        table = viewpoint_probe_table(train_x, test_x, prepared, train_rows, test_rows, splits)
         trained_on = None if data is None else data["split"]
-        features = ("pixels" if data is None else "penultimate (1024)" if not is_capsule_model(data["model"])
+        features = ("none (fit-set mean)" if kind == "constant" else "pixels" if data is None else "penultimate (1024)" if not is_capsule_model(data["model"])
                     else "winning class pose (16)" if kind == "winning" else "masked class poses (5x16)")
-        table.insert(0, "model", "pixels" if data is None else data["model"])
+        table.insert(0, "model", kind if data is None and kind == "constant" else "pixels" if data is None
+                     else data["model"])
         table.insert(1, "seed", None if data is None else data["config"].get("seed"))
         table.insert(2, "features", features)
         table.insert(3, "trained_on", trained_on)
@@ -251,7 +258,8 @@ def _pose_probe(checkpoints, prepared, probe_images, out, header) -> None:
                       "sin az, elevation in degrees), alpha chosen on familiar views of the held-out validation "
                       "toys. R^2 per test subset (relative to that subset's own mean); r2_mean averages the three "
                       "targets. azimuth_error_deg: mean |angle of predicted (cos, sin) - true azimuth|; "
-                      "elevation_error_deg: mean |error|. pixels: the probe on raw centre-crop pixels. Split full: "
+                      "elevation_error_deg: mean |error|. constant: no features, the probe predicts the fitting set's "
+                      "mean (what knowing nothing scores). pixels: the probe on raw centre-crop pixels. Split full: "
                       "the probe fitted on every view and scored on all test views. Written by "
                       "the command in pose-probe.json.\n")
     write_json(out / "pose-probe.json", provenance(

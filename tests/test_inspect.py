@@ -167,7 +167,7 @@ def test_cli_pose_probe_compares_capsules_with_the_cnn_and_says_what_novel_means
                                       str(data_dir), "--out", str(out)])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "pose-probe.csv")
-    assert set(table["model"]) == {"pixels", "capsules-small", "cnn"}
+    assert set(table["model"]) == {"constant", "pixels", "capsules-small", "cnn"}
     assert {("azimuth", "novel"), ("elevation", "familiar"), ("full", "familiar")} <= set(zip(table.split, table.views))
     assert "trained on all views" in (out / "pose-probe.md").read_text()
 
