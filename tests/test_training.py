@@ -307,7 +307,10 @@ def test_capsule_options_are_recorded_in_the_run(data_dir: Path, tmp_path: Path)
     assert config["max_eval_examples"] == 4
     assert config["margin_schedule"] == "official"
     model = model_from_checkpoint(load_checkpoint(out / "last.pt"))
-    assert model.conv_caps1.lambda_scale == 10.0
+    from capsrobust.models.layers import cost_factor
+
+    # --lambda-scale 10 times the default preset's IBM cost factor (16 parents, 3x3x8 children)
+    assert model.conv_caps1.lambda_scale == pytest.approx(10.0 * cost_factor("ibm", 16, 3 * 3 * 8))
     assert model.conv_caps1.schedule == model.class_caps.schedule == "normalized"
     assert model.conv_caps2.beta_parametrisation == model.class_caps.beta_parametrisation == "official"
 
