@@ -220,3 +220,56 @@ def test_centred_coordinates_move_the_class_poses_but_not_the_activations():
     torch.testing.assert_close(acts_c, acts_u, atol=1e-5, rtol=1e-4)
     shift = (unit.class_caps.centres - centred.class_caps.centres).reshape(-1, 2)[0]
     torch.testing.assert_close(poses_u[..., 3] - poses_c[..., 3], shift[0].expand(3, 5), atol=1e-5, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("probe") / "data", size=16)
+
+
+TINY_CAPS = "capsules-small:A=4,B=2,C=2,D=2"
+
+
+def test_bench_learning_subset_mode_writes_its_tables_and_plot(tiny_data: Path, tmp_path: Path):
+    import json
+
+    from click.testing import CliRunner
+
+    from capsrobust_cli.main import cli
+
+    out = tmp_path / "probe"
+    result = CliRunner().invoke(cli, ["bench", "learning", TINY_CAPS, "cnn", "--data-dir", str(tiny_data), "--n", "8",
+                                      "--steps", "4", "--check-every", "2", "--no-progress", "--json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [row["variant"] for row in report["summary"]] == [TINY_CAPS, "cnn"]
+    assert sorted({row["step"] for row in report["curves"]}) == [0, 2, 4]
+    assert all(0 <= row["train_accuracy"] <= 1 for row in report["curves"])
+    assert {"learning.md", "curves.csv", "summary.csv", "learning.json", "learning.png", "provenance.json"} <= {
+        p.name for p in out.iterdir()}
+    assert json.loads((out / "provenance.json").read_text())["dataset"] == "smallNORB"
+
+
+def test_bench_learning_full_mode_reuses_finished_runs_and_refuses_foreign_ones(tiny_data: Path, tmp_path: Path):
+    import json
+
+    from capsrobust.data.prepared import prepare_data
+    from capsrobust.experiments.learning_probe import parse_variant, probe_full
+
+    data = prepare_data(tiny_data)
+    runs = tmp_path / "runs"
+    options = dict(steps=2, eval_every=1, max_eval_examples=4, batch_size=2, progress=False, log=lambda _: None)
+    curves, summary = probe_full([parse_variant(TINY_CAPS)], data, runs, **options)
+    assert list(curves["step"]) == [1, 2] and curves["validation_error"].between(0, 1).all()
+    assert (curves["seconds"] > 0).all() and summary.loc[0, "variant"] == TINY_CAPS
+    metrics = next(runs.iterdir()) / "metrics.jsonl"
+    before = metrics.read_text()
+    again, _ = probe_full([parse_variant(TINY_CAPS)], data, runs, **options)  # finished: reused, not retrained
+    assert metrics.read_text() == before and again.equals(curves)
+    (runs / "cnn-seed0").mkdir()
+    saved = {"model": "cnn", "model_overrides": {}, "margin_schedule": "run", "lr": 0.003, "batch_size": 2, "seed": 0}
+    (runs / "cnn-seed0" / "run.json").write_text(json.dumps({"config": saved}))
+    with pytest.raises(ConfigError, match="holds a run with lr=0.003"):
+        probe_full([parse_variant("cnn")], data, runs, **options)
