@@ -251,7 +251,8 @@ class ClassCaps(nn.Module):
         super().__init__()
         if coordinates not in COORDINATES:
             raise ValueError(f"unknown coordinates {coordinates!r}; valid: {', '.join(COORDINATES)}")
-        cost_factor(cost_normalisation, num_classes, 1)  # validates the name
+        if cost_normalisation not in COST_NORMALISATIONS:
+            raise ValueError(f"unknown cost_normalisation {cost_normalisation!r}; valid: {', '.join(COST_NORMALISATIONS)}")
         self.lambda_scale, self.cost_normalisation = lambda_scale, cost_normalisation
         self.in_types, self.num_classes = in_types, num_classes
         self.iterations, self.schedule, self.normalisation = iterations, schedule, normalisation
