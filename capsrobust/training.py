@@ -81,6 +81,8 @@ class TrainConfig:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"--lr-decay must be in (0, 1] (1: constant learning rate), got {self.lr_decay}")
         if self.target_familiar_error is not None and not 0 <= self.target_familiar_error <= 1:
             raise ConfigError(f"--target-familiar-error must be a fraction in [0, 1], got {self.target_familiar_error}")
         if self.max_eval_examples < 0:
