@@ -36,9 +36,9 @@ from capsrobust.data.prepared import PreparedData, prepare_data
 from capsrobust.data.transforms import AugmentParams, augment_batch, sample_augment_params
 from capsrobust.distributed import setup_distributed
 from capsrobust.errors import CheckpointError, ConfigError
-from capsrobust.evaluation.accuracy import error_rate
 from capsrobust.losses import MARGIN_SCHEDULES, cross_entropy, margin_at, spread_loss
 from capsrobust.models import MODEL_NAMES, build_model
+from capsrobust.models.prediction import error_rate
 from capsrobust.presets import resolve_preset
 from capsrobust.provenance import provenance
 

@@ -9,7 +9,7 @@ import pandas as pd
 from capsrobust.checkpoints import check_trained_on, load_checkpoint
 from capsrobust.data.prepared import prepare_data
 from capsrobust.data.splits import get_split
-from capsrobust.evaluation.accuracy import error_rate
+from capsrobust.models.prediction import error_rate
 
 __all__ = ["evaluate_checkpoint"]
 

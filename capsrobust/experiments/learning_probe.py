@@ -33,8 +33,8 @@ import torch
 from capsrobust.data.prepared import PreparedData
 from capsrobust.data.transforms import center_crop
 from capsrobust.errors import ConfigError
-from capsrobust.evaluation.accuracy import predict_scores
 from capsrobust.models import MODEL_NAMES, build_model, is_capsule_model
+from capsrobust.models.prediction import predict_scores
 from capsrobust.presets import PRESET_NAMES, resolve_preset
 from capsrobust.training import TrainConfig, learning_rate, loss_function
 
