@@ -39,7 +39,7 @@ Examples:
 """
 
 
-def _command_line(ctx: click.Context, out: Path) -> str:
+def command_line(ctx: click.Context, out: Path) -> str:
     """The command with every option spelled out (defaults included), for provenance.json."""
     parts = ["capsrobust", str(ctx.info_name)]
     for param in ctx.command.params:
@@ -89,8 +89,9 @@ def viewpoint_split(split: str, data_dir: Path | None, mode: str, seeds: int, bu
                     lambda_scale: float | None, no_progress: bool) -> None:
     """Viewpoint generalisation at matched familiar error (help text in VIEWPOINT_HELP)."""
     from capsrobust.errors import ConfigError
-    from capsrobust.evaluation.viewpoint import (distance_markdown, get_budget, table2_markdown, viewpoint_experiment,
-                                                 viewpoint_split as check_split, write_report)
+    from capsrobust.evaluation.viewpoint import viewpoint_split as check_split
+    from capsrobust.experiments.viewpoint import get_budget, viewpoint_experiment
+    from capsrobust.reporting.viewpoint import distance_markdown, table2_markdown, write_report
 
     check_split(split)
     if seeds < 1:
@@ -104,7 +105,7 @@ def viewpoint_split(split: str, data_dir: Path | None, mode: str, seeds: int, bu
         split, out, data_dir=data_dir, mode=mode, seeds=range(seeds), budget=chosen, capsule_model=capsule_model,
         reuse=reuse, extrapolation=extrapolation, progress=not no_progress, log=lambda m: click.echo(m, err=True),
     )
-    paths = write_report(result, out, command=_command_line(click.get_current_context(), out))
+    paths = write_report(result, out, command=command_line(click.get_current_context(), out))
     click.echo(table2_markdown(result))
     click.echo(distance_markdown(result))
     click.echo(f"wrote {', '.join(p.name for p in paths)} to {out}")

@@ -16,9 +16,9 @@ from capsrobust.checkpoints import load_checkpoint
 from capsrobust.data.prepared import prepare_data
 from capsrobust.data.synthnorb import is_complete, make_grid, render_dataset
 from capsrobust.errors import ConfigError, DataError
-from capsrobust.evaluation.viewpoint import (PAPER, VALIDATION, angular_distance_to_familiar, ensure_extrapolation_set,
-                                             error_by_distance, get_budget, select_matched_checkpoint,
-                                             viewpoint_experiment)
+from capsrobust.evaluation.viewpoint import (PAPER, VALIDATION, angular_distance_to_familiar, error_by_distance,
+                                             select_matched_checkpoint)
+from capsrobust.experiments.viewpoint import ensure_extrapolation_set, get_budget, viewpoint_experiment
 from capsrobust.paths import CACHE_ENV
 from capsrobust.training import TrainConfig, TrainingInterrupted, model_from_checkpoint, train
 from capsrobust_cli.main import cli
