@@ -5,7 +5,12 @@ unpickling code -- with a ``format`` tag, so a foreign ``.pt`` file is recognise
 everything needed to rebuild the model (name and configuration) and to resume training exactly
 (optimizer state, step, data order and RNG state).
 
-:func:`check_trained_on` is the one rule for "was this checkpoint trained on this data?".
+:func:`load_model` is the one way back from a file to a model: it reads the checkpoint
+(:func:`load_checkpoint`), prepares the data it is to be used on, checks that it was trained on that
+data (:func:`check_trained_on`, the one rule for "was this checkpoint trained on this data?") and
+rebuilds the model (:func:`model_from_checkpoint`). Every command that evaluates, attacks or
+inspects a checkpoint goes through it; a missing, foreign, corrupt or mismatched checkpoint is a
+one-line :class:`~capsrobust.errors.CheckpointError`.
 """
 
 from __future__ import annotations
@@ -13,18 +18,21 @@ from __future__ import annotations
 import io
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
+from capsrobust.data.prepared import PreparedData, prepare_data
+from capsrobust.data.splits import get_split
 from capsrobust.errors import CheckpointError
 from capsrobust.files import atomic_write_bytes
+from capsrobust.models import build_model
 
-if TYPE_CHECKING:
-    from capsrobust.data.prepared import PreparedData
-
-__all__ = ["FORMAT", "check_compatible", "check_trained_on", "evaluation_only", "load_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT", "LoadedModel", "check_compatible", "check_trained_on", "evaluation_only", "load_checkpoint",
+           "load_model", "model_from_checkpoint", "save_checkpoint"]
 
 #: What only resuming needs; an evaluation-only checkpoint (best.pt, `capsrobust export`) drops it.
 RESUME_KEYS = ("optimizer_state", "rng_state", "scheduler")
@@ -71,6 +79,71 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (no data check: see :func:`load_model`)."""
+    try:
+        model = build_model(checkpoint["model"], in_channels=checkpoint["in_channels"], **checkpoint["model_config"])
+        model.load_state_dict(checkpoint["model_state"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint does not match its model description ({str(exc).splitlines()[0][:100]})") from None
+    return model
+
+
+@dataclass
+class LoadedModel:
+    """A trained model back from its checkpoint file, with the data it was checked against."""
+
+    path: Path
+    checkpoint: dict[str, Any]  # as read by load_checkpoint (model, config, step, dataset identity, ...)
+    model: nn.Module  # rebuilt, weights loaded, in eval mode
+    data: PreparedData  # the data it was trained on (check_trained_on passed)
+
+    @property
+    def name(self) -> str:
+        """The model's name (``capsules``, ``capsules-small``, ``cnn``): for tables and file names."""
+        return str(self.checkpoint["model"])
+
+    @property
+    def step(self) -> int:
+        return int(self.checkpoint.get("step", -1))
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+    data: PreparedData | None = None,
+    checkpoint: dict[str, Any] | None = None,
+    advice: str = "pass --data-dir with the data it was trained on",
+    log: Callable[[str], None] | None = None,
+    device: str | torch.device = "cpu",
+) -> LoadedModel:
+    """The one checkpoint loader: read ``path``, check it against the data, rebuild the model.
+
+    The data is ``data`` when given (one dataset shared by several checkpoints), else prepared from
+    ``data_dir`` (synthnorb when None) with the checkpoint's input mode and ``split`` (default: the
+    checkpoint's own split). ``checkpoint``: the dict already read from ``path`` by
+    :func:`load_checkpoint`, when the caller needed it first. Raises :class:`CheckpointError`
+    (one line) for a missing, foreign, corrupt or incomplete file, a checkpoint trained on other
+    data (``advice`` ends that message; ``log`` receives the note of an accepted synthnorb
+    re-render, see :func:`check_trained_on`) or weights that do not fit the model they describe.
+    """
+    path = Path(path)
+    checkpoint = checkpoint if checkpoint is not None else load_checkpoint(path)
+    if data is None:
+        try:
+            data = prepare_data(data_dir, get_split(split or checkpoint["split"]).name, checkpoint["mode"])
+        except KeyError as exc:
+            raise CheckpointError(f"{path}: checkpoint lacks {exc}; pass one written by `capsrobust train`") from None
+    check_trained_on(path, checkpoint, data, advice=advice, log=log)
+    try:
+        model = model_from_checkpoint(checkpoint)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return LoadedModel(path=path, checkpoint=checkpoint, model=model.to(device).eval(), data=data)
+
+
 def check_compatible(path: str | os.PathLike[str], checkpoint: dict[str, Any], expected: dict[str, Any]) -> None:
     """Raise :class:`CheckpointError` if ``checkpoint`` was made for another model/config/dataset.
 
@@ -89,7 +162,7 @@ def check_compatible(path: str | os.PathLike[str], checkpoint: dict[str, Any], e
 def check_trained_on(
     path: str | os.PathLike[str],
     checkpoint: dict[str, Any],
-    data: "PreparedData",
+    data: PreparedData,
     *,
     advice: str = "pass --data-dir with the data it was trained on",
     log: Callable[[str], None] | None = None,

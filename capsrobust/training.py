@@ -30,8 +30,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+# model_from_checkpoint is re-exported for existing callers; it lives beside the one checkpoint loader.
 from capsrobust.checkpoints import (check_compatible, check_trained_on, evaluation_only, load_checkpoint,
-                                    save_checkpoint)
+                                    model_from_checkpoint, save_checkpoint)
 from capsrobust.data.prepared import PreparedData, prepare_data
 from capsrobust.data.transforms import AugmentParams, augment_batch, sample_augment_params
 from capsrobust.distributed import setup_distributed
@@ -149,16 +150,6 @@ def total_steps(config: TrainConfig, n_train: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-
-
-def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights."""
-    try:
-        model = build_model(checkpoint["model"], in_channels=checkpoint["in_channels"], **checkpoint["model_config"])
-        model.load_state_dict(checkpoint["model_state"])
-    except (KeyError, RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint does not match its model description ({str(exc).splitlines()[0][:100]})") from None
-    return model
 
 
 def loss_function(model: nn.Module, step: int, steps: int, margin_schedule: str = "run",

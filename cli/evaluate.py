@@ -40,8 +40,8 @@ Examples:
 def evaluate(checkpoints: tuple[Path, ...], split: str | None, data_dir: Path | None, multi_crop: bool,
              both_crops: bool, batch_size: int, out: Path | None) -> None:
     """Test error of checkpoints (help text in EVALUATE_HELP)."""
-    from capsrobust.checkpoints import load_checkpoint
-    from capsrobust.evaluation.checkpoint_eval import evaluate_checkpoint
+    from capsrobust.checkpoints import load_model
+    from capsrobust.evaluation.checkpoint_eval import error_table
     from capsrobust.evaluation.learning_curves import (load_metrics, plot_learning_curves, plot_time_to_error,
                                                        run_summary, training_seconds)
     from capsrobust.provenance import file_sha256, provenance
@@ -51,9 +51,11 @@ def evaluate(checkpoints: tuple[Path, ...], split: str | None, data_dir: Path | 
     crops = (False, True) if both_crops else (multi_crop,)
     tables, records = [], []
     for path in checkpoints:
-        checkpoint = load_checkpoint(path)  # one-line error for a missing/foreign/truncated file
+        # One-line error for a missing/foreign/truncated file or a checkpoint trained on other data.
+        loaded = load_model(path, data_dir=data_dir, split=split, advice="evaluate on the data it was trained on")
+        checkpoint = loaded.checkpoint
         for multi in crops:
-            table = evaluate_checkpoint(path, split=split, data_dir=data_dir, multi_crop=multi, batch_size=batch_size)
+            table = error_table(loaded, multi_crop=multi, batch_size=batch_size)
             table.insert(1, "checkpoint", f"{path.parent.name}/{path.name}")
             table.insert(2, "step", table.attrs["step"])
             tables.append(table)

@@ -20,9 +20,16 @@ def export(checkpoint: Path, out: Path) -> None:
     Examples:
       capsrobust export runs/cnn-full-seed0/last.pt --out results/train/cnn.pt
     """
-    from capsrobust.checkpoints import evaluation_only, load_checkpoint, save_checkpoint
+    from capsrobust.checkpoints import evaluation_only, load_checkpoint, model_from_checkpoint, save_checkpoint
+    from capsrobust.errors import CheckpointError
 
+    # No data to check against here (the copy keeps the dataset identity, and every command that
+    # uses it checks that through load_model); but a copy that cannot rebuild its model is refused.
     data = load_checkpoint(checkpoint)
+    try:
+        model_from_checkpoint(data)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{checkpoint}: {exc}; nothing written") from None
     before = checkpoint.stat().st_size
     payload = {k: v for k, v in evaluation_only(data).items() if k not in ("format", "version")}
     save_checkpoint(out, payload)  # atomic, so --out may be CHECKPOINT itself (slimmed in place)

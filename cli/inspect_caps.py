@@ -71,12 +71,10 @@ def inspect_caps(checkpoint: Path, count: int, routing: bool, image_index: int |
     """
     import torch
 
-    from capsrobust.checkpoints import check_trained_on, load_checkpoint
-    from capsrobust.data.prepared import prepare_data
+    from capsrobust.checkpoints import load_checkpoint, load_model
     from capsrobust.data.transforms import center_crop
     from capsrobust.models import is_capsule_model
     from capsrobust.reporting import to_markdown
-    from capsrobust.training import model_from_checkpoint
     from capsrobust_cli.errors import UserError
 
     if image_index is not None and per_class is not None:
@@ -93,13 +91,14 @@ def inspect_caps(checkpoint: Path, count: int, routing: bool, image_index: int |
         raise UserError(f"{checkpoint} is a {data['model']} checkpoint; {what} looks inside capsule nets "
                         "(capsules, capsules-small); only --pose-probe also takes a CNN")
     compared = [(path, load_checkpoint(path)) for path in compare]
-    prepared = prepare_data(data_dir, data["split"], data["mode"])
-    check_trained_on(checkpoint, data, prepared, advice="pass the --data-dir it was trained on")
+    loaded = load_model(checkpoint, data_dir=data_dir, checkpoint=data, advice="pass the --data-dir it was trained on")
+    prepared, model = loaded.data, loaded.model
+    others = []
     for path, other in compared:
         if other["mode"] != data["mode"]:
             raise UserError(f"{path} was trained on {other['mode']} images, {checkpoint} on {data['mode']}")
-        check_trained_on(path, other, prepared, advice="compare checkpoints trained on the same data")
-    model = model_from_checkpoint(data)
+        others.append(load_model(path, data=prepared, checkpoint=other,
+                                 advice="compare checkpoints trained on the same data"))
     header = f"{checkpoint} ({data['model']}, step {data['step']}), {prepared.describe()}"
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +119,7 @@ def inspect_caps(checkpoint: Path, count: int, routing: bool, image_index: int |
     if routing:
         _routing(checkpoint, data, model, prepared, image_index, per_class or 16, out, header)
     if pose_probe:
-        _pose_probe([(checkpoint, data), *compared], prepared, probe_images, out, header)
+        _pose_probe([loaded, *others], prepared, probe_images, out, header)
     if reconstruct:
         _reconstruct(checkpoint, data, model, prepared, decoder_steps, decoder_seconds, out, header)
 
@@ -194,7 +193,7 @@ def _routing(checkpoint, data, model, prepared, image_index, per_class, out, hea
     click.echo(f"wrote {out / (stem + '.png')}, {stem}.md, {stem}-class.csv, {stem}-conv.csv, {stem}.json")
 
 
-def _pose_probe(checkpoints, prepared, probe_images, out, header) -> None:
+def _pose_probe(loaded, prepared, probe_images, out, header) -> None:
     import numpy as np
     import pandas as pd
 
@@ -203,7 +202,6 @@ def _pose_probe(checkpoints, prepared, probe_images, out, header) -> None:
     from capsrobust.models import is_capsule_model
     from capsrobust.provenance import provenance
     from capsrobust.reporting import atomic_write_text, to_markdown, write_csv, write_json
-    from capsrobust.training import model_from_checkpoint
 
     start = time.perf_counter()
     splits = ("full", "azimuth", "elevation")
@@ -214,12 +212,10 @@ def _pose_probe(checkpoints, prepared, probe_images, out, header) -> None:
     # Two references: "constant" (no features: the probe predicts the fitting set's mean, the score of
     # knowing nothing about the image) and raw pixels.
     subjects = [(None, None, "constant"), (None, None, "winning")]
-    for path, data in checkpoints:
-        kinds = ("winning", "masked") if is_capsule_model(data["model"]) else ("winning",)
-        subjects += [(path, data, kind) for kind in kinds]
-    cache: dict = {}
-    for path, data, kind in subjects:
-        model = None if data is None else cache.setdefault(path, model_from_checkpoint(data))
+    for one in loaded:
+        kinds = ("winning", "masked") if is_capsule_model(one.name) else ("winning",)
+        subjects += [(one.model, one.checkpoint, kind) for kind in kinds]
+    for model, data, kind in subjects:
         if kind == "constant":
             train_x, test_x = np.zeros((len(train_rows), 1)), np.zeros((len(test_rows), 1))
         else:
@@ -245,7 +241,7 @@ def _pose_probe(checkpoints, prepared, probe_images, out, header) -> None:
     click.echo(f"Pose probe: {prepared.describe()}, {len(train_rows)} training-file / {len(test_rows)} "
                f"testing-file images")
     click.echo(to_markdown(shown, float_digits=3))
-    if any(d["split"] == "full" for _, d in checkpoints):
+    if any(one.checkpoint["split"] == "full" for one in loaded):
         click.echo(TRAINED_ON_ALL_VIEWS)
     if out is None:
         return
@@ -263,7 +259,7 @@ def _pose_probe(checkpoints, prepared, probe_images, out, header) -> None:
                       "the probe fitted on every view and scored on all test views. Written by "
                       "the command in pose-probe.json.\n")
     write_json(out / "pose-probe.json", provenance(
-        checkpoints=[_checkpoint_record(p, d) for p, d in checkpoints], dataset=prepared.describe(),
+        checkpoints=[_checkpoint_record(one.path, one.checkpoint) for one in loaded], dataset=prepared.describe(),
         dataset_checksum=prepared.checksum, training_file_rows=len(train_rows), testing_file_rows=len(test_rows),
         note=TRAINED_ON_ALL_VIEWS, seconds=round(time.perf_counter() - start, 1)))
     click.echo(f"wrote {out / 'pose-probe.md'}, pose-probe.csv, pose-probe-seeds.csv, pose-probe.json")

@@ -226,6 +226,33 @@ def test_evaluate_writes_side_by_side_table_curves_and_provenance(data_dir: Path
     assert_one_line_error(CliRunner().invoke(cli, ["evaluate", str(tmp_path / "nope.pt")]), "checkpoint not found")
 
 
+def test_load_model_rebuilds_the_model_on_its_own_data_and_refuses_anything_else(data_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    from capsrobust.checkpoints import load_model
+
+    out = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out),
+                                    *STEPS]).exit_code == 0
+    loaded = load_model(out / "last.pt", data_dir=data_dir)
+    assert loaded.name == "cnn" and loaded.step == 6 and not loaded.model.training
+    assert loaded.data.dataset == "smallNORB" and loaded.data.split == "full"
+    assert all(torch.equal(v, weights(out / "last.pt")[k]) for k, v in loaded.model.state_dict().items())
+    assert load_model(out / "last.pt", data_dir=data_dir, split="azimuth").data.split == "azimuth"
+
+    other = write_dataset(tmp_path / "other", size=16, lightings=(1, 2))
+    with pytest.raises(CheckpointError, match="trained on smallNORB data with checksum .* do this"):
+        load_model(out / "last.pt", data_dir=other, advice="do this")
+    checkpoint = load_checkpoint(out / "last.pt")
+    checkpoint["model_state"].pop(next(iter(checkpoint["model_state"])))
+    broken = save_checkpoint(tmp_path / "broken.pt", {k: v for k, v in checkpoint.items() if k not in ("format", "version")})
+    with pytest.raises(CheckpointError, match=r"broken.pt: checkpoint does not match its model description"):
+        load_model(broken, data_dir=data_dir)
+    # export has no data to check, but it refuses a copy that could not rebuild its model.
+    assert_one_line_error(CliRunner().invoke(cli, ["export", str(broken), "--out", str(tmp_path / "copy.pt")]),
+                          "does not match its model description")
+    assert not (tmp_path / "copy.pt").exists()
+
+
 def test_export_writes_a_smaller_evaluation_only_copy_that_evaluates_the_same(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert CliRunner().invoke(cli, ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out),

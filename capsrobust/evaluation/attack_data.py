@@ -16,8 +16,8 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from capsrobust.checkpoints import check_trained_on, load_checkpoint
-from capsrobust.data.prepared import PreparedData, prepare_data
+from capsrobust.checkpoints import load_checkpoint, load_model
+from capsrobust.data.prepared import PreparedData
 from capsrobust.data.transforms import center_crop
 from capsrobust.errors import CheckpointError, ConfigError
 from capsrobust.provenance import file_sha256
@@ -161,8 +161,6 @@ def load_attack_setup(paths: list[str | os.PathLike[str]], data_dir: str | os.Pa
     data in ``data_dir`` (synthnorb when None; :func:`~capsrobust.checkpoints.check_trained_on`).
     ``pair=True`` (transfer attacks) demands exactly one capsule net and one cnn.
     """
-    from capsrobust.training import model_from_checkpoint
-
     if not 1 <= len(paths) <= 2:
         raise ConfigError(f"--models takes one or two checkpoints (capsule net, cnn), got {len(paths)}")
     raw = [(Path(p), load_checkpoint(p)) for p in paths]
@@ -178,17 +176,11 @@ def load_attack_setup(paths: list[str | os.PathLike[str]], data_dir: str | os.Pa
         if len(values) > 1:
             raise CheckpointError(f"the checkpoints differ in {what} ({' vs '.join(sorted(values))}); "
                                   f"pass two checkpoints trained with the same --{key if key == 'mode' else 'split'}")
-    first_path, first = raw[0]
-    try:
-        data = prepare_data(data_dir, first["split"], first["mode"])
-    except KeyError as exc:
-        raise CheckpointError(f"{first_path}: checkpoint lacks {exc}; pass one written by `capsrobust train`") from None
-    for path, checkpoint in raw:
-        check_trained_on(path, checkpoint, data)
-    images, labels, indices = sample_test_images(data, n, seed)
-    loaded = []
-    for (path, checkpoint), name in zip(raw, names):
-        model = model_from_checkpoint(checkpoint).to(device).eval()
-        loaded.append(LoadedCheckpoint(path=path, name=name, step=int(checkpoint.get("step", -1)),
-                                       sha256=file_sha256(path), model=model))
-    return AttackSetup(checkpoints=loaded, data=data, images=images, labels=labels, indices=indices)
+    # One data set for both (the first checkpoint's split and mode, which the second shares).
+    first = load_model(raw[0][0], data_dir=data_dir, checkpoint=raw[0][1], device=device)
+    loaded = [first] + [load_model(path, data=first.data, checkpoint=checkpoint, device=device)
+                        for path, checkpoint in raw[1:]]
+    images, labels, indices = sample_test_images(first.data, n, seed)
+    checkpoints = [LoadedCheckpoint(path=m.path, name=m.name, step=m.step, sha256=file_sha256(m.path), model=m.model)
+                   for m in loaded]
+    return AttackSetup(checkpoints=checkpoints, data=first.data, images=images, labels=labels, indices=indices)
