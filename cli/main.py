@@ -25,6 +25,7 @@ Examples:
   capsrobust inspect runs/caps/best.pt            # activation/pose statistics per capsule layer
   capsrobust attack fgsm,bim --eps 0:0.3:0.02 --targeted   # adversarial error vs eps, both models
   capsrobust viewpoint-split azimuth --seeds 3    # Table 2: novel-view error at matched familiar error
+  capsrobust study --budget quick                 # everything above in one run: REPORT.md + report.html
   capsrobust bench models                         # images/s and memory per model
 
 Every table the tool writes names the dataset (smallNORB or synthnorb) and the input
@@ -53,6 +54,8 @@ COMMANDS: dict[str, LazyCommand] = {
     "inspect": LazyCommand("capsrobust_cli.inspect_caps:inspect_caps", "What each capsule layer of a capsule-net "
                            "CHECKPOINT does on validation images (centre crop): activation mean, spread (overall "
                            "and within one image), quantiles, and pose scale."),
+    "study": LazyCommand("capsrobust_cli.study:study", "Run the whole study -- train, match, attack, viewpoint "
+                         "splits -- and write one report."),
     "train": LazyCommand("capsrobust_cli.train:train", "Train a model; checkpoints, metrics and provenance go to the "
                          "run directory."),
     "viewpoint-split": LazyCommand("capsrobust_cli.viewpoint:viewpoint_split", "Table 2 of the paper for SPLIT "

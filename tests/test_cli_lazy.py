@@ -83,7 +83,7 @@ def _all_paths() -> list[list[str]]:
 
 def test_every_command_has_working_help() -> None:
     paths = _all_paths()
-    assert len(paths) == 8 + 7 + 4  # commands, data subcommands, bench subcommands (edit when adding one)
+    assert len(paths) == 9 + 7 + 4  # commands, data subcommands, bench subcommands (edit when adding one)
     for path in paths:
         result = CliRunner().invoke(cli, [*path, "--help"], prog_name="capsrobust")
         assert result.exit_code == 0 and f"Usage: capsrobust {' '.join(path)}" in result.output, (path, result.output)

@@ -1,0 +1,373 @@
+"""The study report: ``REPORT.md`` and a self-contained ``report.html`` from a study's stage files.
+
+The first lines answer the three questions -- adversarial attacks, novel azimuths, novel
+elevations -- each with who is better, by how much, the spread over seeds and whether the sanity
+checks support it (:func:`answers`). Then every table and figure, the paper's smallNORB numbers in
+their own labelled tables (:mod:`capsrobust.reference`), and provenance.
+
+The rule for "who is better" (:func:`compare`): the difference of the means over seeds must exceed
+:data:`MIN_GAP` and, with two seeds or more, the standard deviation of the per-seed differences;
+otherwise the answer is "no clear difference".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from capsrobust.evaluation.viewpoint import BIN_WIDTH, VALIDATION, mean_std
+from capsrobust.reference import PAPER_FIG3, PAPER_TEST_ERROR, SOURCE
+from capsrobust.reporting import atomic_write_text, write_json
+from capsrobust.reporting.document import Document
+from capsrobust.reporting.viewpoint import (PAPER_TABLE2_HEADING, distance_shown, paper_table2_shown, pct,
+                                            plot_error_vs_distance, table2_shown)
+
+if TYPE_CHECKING:
+    from capsrobust.experiments.study import StudyResult
+
+__all__ = ["MIN_GAP", "Answer", "answers", "compare", "write_study_report"]
+
+#: The smallest difference (fraction: 2 points) between two means the report calls a difference.
+MIN_GAP = 0.02
+SMOKE = ("Smoke run (--budget quick): tiny trainings and attacks to check that everything runs; "
+         "the numbers are not for conclusions.")
+
+
+@dataclass
+class Answer:
+    """One headline: which question, who is better (``capsules``, ``cnn`` or ``neither``), the line itself."""
+
+    question: str
+    better: str
+    line: str
+    supported: bool
+
+
+def compare(capsules: list[float], cnn: list[float]) -> tuple[str, float, float]:
+    """Who has the *lower* value over seeds: (``capsules`` | ``cnn`` | ``neither``, mean difference
+    caps − cnn, std of the per-seed differences (NaN for one seed)). Values are paired by seed."""
+    differences = np.asarray(capsules, dtype=float) - np.asarray(cnn, dtype=float)
+    mean = float(np.nanmean(differences)) if len(differences) else float("nan")
+    spread = float(np.nanstd(differences, ddof=1)) if np.isfinite(differences).sum() > 1 else float("nan")
+    threshold = max(MIN_GAP, spread if math.isfinite(spread) else 0.0)
+    if not math.isfinite(mean) or abs(mean) <= threshold:
+        return "neither", mean, spread
+    return ("capsules" if mean < 0 else "cnn"), mean, spread
+
+
+def _points(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{100 * value:.1f}"
+
+
+def _pm(values: list[float]) -> str:
+    """``12.3 ± 1.0 %`` over seeds (``12.3 %`` for one seed)."""
+    mean, std = mean_std(pd.Series(values, dtype=float))
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if math.isfinite(std) else "") + " %"
+
+
+def _spread_note(seeds: int, spread: float) -> str:
+    if seeds < 2:
+        return " (mean ± std over 1 seed: no spread to judge the difference by)."
+    return f" (mean ± std over {seeds} seeds; the difference varies by {_points(spread)} points between seeds)."
+
+
+def _who(better: str, capsule_model: str) -> str:
+    return {"capsules": capsule_model, "cnn": "the CNN", "neither": "neither"}[better]
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the stage files
+
+
+def _stage_file(out: Path, stage: str, name: str) -> Path:
+    return out / "stages" / stage / name
+
+
+def _attack_tables(result: "StudyResult", mode: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(sweeps, checks) of every finished attack stage of ``mode``, with a ``seed`` column."""
+    sweeps, checks = [], []
+    for seed in result.seeds:
+        stage = f"attack-{mode}-seed{seed}"
+        record = result.stages.get(stage)
+        if not record or "files" not in record:
+            continue
+        sweeps.append(pd.read_csv(_stage_file(result.out, stage, "sweep.csv")).assign(seed=seed))
+        checks.append(pd.read_csv(_stage_file(result.out, stage, "checks.csv")).assign(seed=seed))
+    if not sweeps:
+        return pd.DataFrame(), pd.DataFrame()
+    return pd.concat(sweeps, ignore_index=True), pd.concat(checks, ignore_index=True)
+
+
+def _headline_rows(sweep: pd.DataFrame) -> pd.DataFrame:
+    """The per-example worst case over attacks (or the only attack), eps > 0."""
+    rows = sweep[sweep["eps"] > 0]
+    worst = rows[rows["attack"] == "worst-case"]
+    return worst if not worst.empty else rows
+
+
+# ----------------------------------------------------------------------------------------------
+# The answers
+
+
+def _attack_answer(result: "StudyResult") -> Answer:
+    caps_model = result.budget.capsule_model
+    sweep, checks = _attack_tables(result, "untargeted")
+    question = "Adversarial attacks"
+    if sweep.empty:
+        return Answer(question, "neither", f"**{question}:** not run yet.", False)
+    rows = _headline_rows(sweep)
+    per_seed = rows.groupby(["seed", "model"])["attack_success_rate"].mean().unstack("model")
+    caps, cnn = per_seed[caps_model].tolist(), per_seed["cnn"].tolist()
+    better, difference, spread = compare(caps, cnn)
+    matched = [bool(result.stages.get(f"match-seed{s}", {}).get("matched")) for s in per_seed.index]
+    _, targeted_checks = _attack_tables(result, "targeted")
+    verdicts = pd.concat([checks, targeted_checks], ignore_index=True)
+    verdicts = verdicts[verdicts["check"] == "verdict"]
+    suspect = verdicts[verdicts["status"] != "HOLDS"]
+    eps = sorted(set(rows["eps"]))
+    attacks = dict.fromkeys(sweep[sweep["attack"] != "worst-case"]["attack"])
+    line = (f"**{question}** (untargeted; success rate = share of correctly classified test images broken, per-example "
+            f"worst case over {', '.join(attacks)}, averaged over "
+            f"eps {', '.join(f'{e:g}' for e in eps)}): ")
+    if better == "neither":
+        line += f"**no clear difference**: {caps_model} {_pm(caps)} vs the CNN {_pm(cnn)}"
+    else:
+        line += (f"**{_who(better, caps_model)} is more robust** by {_points(abs(difference))} points: "
+                 f"{caps_model} {_pm(caps)} vs the CNN {_pm(cnn)}")
+    line += _spread_note(len(caps), spread)
+    reasons = []
+    if not all(matched):
+        reasons.append(f"the pair is clean-error-matched in {sum(matched)}/{len(matched)} seeds")
+    if not suspect.empty:
+        flagged = ", ".join(f"{r.model} seed {r.seed}" for r in suspect.itertuples(index=False))
+        reasons.append(f"sanity checks SUSPECT for {flagged} (see 'Sanity checks')")
+    supported = not reasons
+    line += (" Sanity checks: **HOLDS** for both models in every seed and mode; the pair is matched in every seed."
+             if supported else f" **Not supported as it stands:** {'; '.join(reasons)}.")
+    return Answer(question, better, line, supported)
+
+
+def _viewpoint_answer(result: "StudyResult", split: str) -> Answer:
+    from capsrobust.experiments.study import load_viewpoint_result
+
+    caps_model = result.budget.capsule_model
+    question = f"Novel {split}s"
+    viewpoint = load_viewpoint_result(result.out, split)
+    if viewpoint is None:
+        return Answer(question, "neither", f"**{question}:** not run yet.", False)
+    rows = viewpoint.per_seed[viewpoint.per_seed["protocol"] == VALIDATION]
+    wide = rows.pivot_table(index="seed", columns="model", values="novel_error")
+    caps, cnn = wide[caps_model].tolist(), wide["cnn"].tolist()
+    better, difference, spread = compare(caps, cnn)
+    matched = rows[rows["model"] == caps_model]["matched"].astype(bool)
+    line = f"**{question}** (test error on the novel {split}s at matched familiar error, protocol `{VALIDATION}`): "
+    if better == "neither":
+        line += f"**no clear difference**: {caps_model} {_pm(caps)} vs the CNN {_pm(cnn)}"
+    else:
+        line += (f"**{_who(better, caps_model)} generalises better** by {_points(abs(difference))} points: "
+                 f"{caps_model} {_pm(caps)} vs the CNN {_pm(cnn)}")
+    line += _spread_note(len(caps), spread)
+    supported = bool(matched.all())
+    line += (" The capsule net reached the CNN's familiar error in every seed." if supported else
+             f" **Not supported as it stands:** the capsule net reached the CNN's familiar (validation) error in "
+             f"{int(matched.sum())}/{len(matched)} seeds, so the novel errors are not compared at equal "
+             "familiar error.")
+    return Answer(question, better, line, supported)
+
+
+def answers(result: "StudyResult") -> list[Answer]:
+    """The three headlines, in order: attacks, novel azimuths, novel elevations."""
+    return [_attack_answer(result), _viewpoint_answer(result, "azimuth"), _viewpoint_answer(result, "elevation")]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+
+
+def _clean_section(doc: Document, result: "StudyResult") -> None:
+    rows = []
+    for seed in result.seeds:
+        record = result.stages.get(f"train-seed{seed}")
+        if not record:
+            continue
+        for model, entry in record["models"].items():
+            rows.append({"seed": seed, "model": model, "run": entry["run"], "how": entry["action"],
+                         "steps": entry["total_steps"], "best step": entry["step"],
+                         "validation error %": 100 * entry["validation_error"],
+                         "test error %": 100 * entry["test_error"], "test images": entry["test_images"]})
+    if not rows:
+        return
+    table = pd.DataFrame(rows)
+    doc.heading("Clean test error (full split)")
+    summary = table.groupby("model", sort=False)["test error %"].agg(
+        lambda v: pct(float(np.mean(v)) / 100, float(np.std(v, ddof=1)) / 100 if len(v) > 1 else float("nan")))
+    doc.paragraph(f"Each model trained normally on the {result.dataset} training toys (`best.pt`: lowest validation "
+                  "error, one held-out training toy per class); test error on the test toys, centre crop. Mean ± std "
+                  "over seeds: " + "; ".join(f"{m} {v} %" for m, v in summary.items()) + ".")
+    doc.table(table, 1)
+    paper = pd.DataFrame({"model": list(PAPER_TEST_ERROR),
+                          "test error %": [100 * e for e in PAPER_TEST_ERROR.values()]})
+    doc.heading("Paper (smallNORB) — test error; reference only, not this dataset", 3)
+    doc.table(paper, 1)
+    doc.paragraph(f"Source: {SOURCE}, §5.")
+
+
+def _attack_section(doc: Document, result: "StudyResult", figures: Path) -> None:
+    from capsrobust.plots import plot_accuracy_vs_eps, plot_targeted_success
+
+    doc.heading("Adversarial attacks")
+    pairs = [result.stages[f"match-seed{s}"] for s in result.seeds if f"match-seed{s}" in result.stages]
+    if pairs:
+        doc.paragraph("The pair attacked: the capsule net's `best.pt` and the CNN stopped when its validation error "
+                      "first reached the capsule net's (`matched.pt` of the `cnn-matched` run), so both start from "
+                      "the same clean error. Not matched: the CNN never got there (the capsule net is the better "
+                      "model on clean data), and its `best.pt` is used.")
+        doc.table(pd.DataFrame([{
+            "seed": p["seed"], "capsule checkpoint": p["capsules"]["checkpoint"],
+            "capsule validation error %": 100 * p["capsules"]["validation_error"],
+            "cnn checkpoint": p["cnn"]["checkpoint"], "cnn validation error %": 100 * p["cnn"]["validation_error"],
+            "matched": "yes" if p["matched"] else "no"} for p in pairs]), 1)
+    for mode, value, label in (("untargeted", "adversarial_error", "Adversarial error"),
+                               ("targeted", "attack_success_rate", "Targeted success (4 wrong classes)")):
+        sweep, checks = _attack_tables(result, mode)
+        if sweep.empty:
+            continue
+        n = int(sweep["n"].iloc[0])
+        doc.heading(f"{label} — {result.dataset}, mean ± std over seeds", 3)
+        cells = sweep.groupby(["attack", "mode", "eps", "model"], sort=False)[value].agg(["mean", "std"]).reset_index()
+        cells["cell"] = [pct(m, s) for m, s in zip(cells["mean"], cells["std"])]
+        wide = cells.pivot_table(index=["attack", "eps"], columns="model", values="cell", aggfunc="first",
+                                 sort=False).reset_index()
+        wide.columns.name = None
+        eps_std = sweep.groupby("eps")["eps_std"].mean()
+        wide.insert(2, "eps_std", [float(eps_std[e]) for e in wide["eps"]])
+        doc.paragraph(f"{n} test images per seed, in %. eps: L∞ radius in pixel units of images in [0, 1]; eps_std: "
+                      "the same in per-image-standardised units (the paper's). `worst-case`: an image counts as "
+                      "broken if any attack broke it." + (" Targeted: every image towards each of its 4 wrong "
+                                                          "classes (the paper averaged all 5)." if mode == "targeted"
+                                                          else ""))
+        doc.table(wide, 3)
+        for seed in sorted(set(sweep["seed"])):
+            own = sweep[sweep["seed"] == seed]
+            path = figures / f"{mode}-seed{seed}.png"
+            if mode == "untargeted":
+                plot_accuracy_vs_eps(own, path, dataset=result.dataset)
+            else:
+                plot_targeted_success(own, path, dataset=result.dataset)
+            doc.figure(path, f"{label} against eps, seed {seed} ({result.dataset})")
+        verdicts = checks[checks["check"] == "verdict"]
+        doc.heading(f"Sanity checks, {mode} (Carlini et al. 2019)", 3)
+        doc.bullets([f"seed {r.seed}, **{r.model}: {r.status}** — {r.detail}"
+                     for r in verdicts.itertuples(index=False)])
+        failed = checks[(checks["check"] != "verdict") & (checks["status"] == "FAIL")]
+        if not failed.empty:
+            doc.table(failed[["seed", "check", "model", "mode", "detail"]].reset_index(drop=True), 3)
+    doc.heading("Paper (smallNORB) — Fig. 3, untargeted white-box accuracy; reference only, not this dataset", 3)
+    doc.table(pd.DataFrame([{"attack": attack, "eps (standardised units)": eps, "CNN accuracy %": 100 * cnn,
+                             "capsules accuracy %": 100 * caps}
+                            for (attack, eps), (cnn, caps) in PAPER_FIG3.items()]), 1)
+    doc.paragraph(f"Source: {SOURCE}, Fig. 3 (values read off the plot, approximate). Compare with our accuracy "
+                  "(100 − adversarial error) at the same eps_std, not eps.")
+
+
+def _viewpoint_section(doc: Document, result: "StudyResult", figures: Path) -> None:
+    from capsrobust.experiments.study import SPLITS, load_viewpoint_result
+
+    doc.heading("Novel viewpoints (paper Table 2)")
+    doc.paragraph("Both models trained on the familiar views only; the capsule checkpoint is the first whose familiar "
+                  f"error reaches the CNN's, chosen on the held-out validation toys (`{VALIDATION}`) or, as the paper "
+                  "did, on the familiar test set (`test-familiar (paper)`). `capsules matched`: seeds in which the "
+                  "capsule net reached the CNN's familiar error.")
+    for split in SPLITS:
+        viewpoint = load_viewpoint_result(result.out, split)
+        if viewpoint is None:
+            continue
+        doc.heading(f"{split.capitalize()} split — {viewpoint.dataset}", 3)
+        doc.table(table2_shown(viewpoint.per_seed, viewpoint.capsule_model), 1)
+        path = plot_error_vs_distance(viewpoint.distance, figures / f"viewpoint-{split}.png", axis=split,
+                                      title=f"Test error vs {split} distance — {viewpoint.dataset}")
+        doc.figure(path, f"Test error against angular distance to the nearest familiar {split} ({viewpoint.dataset})")
+        doc.paragraph(f"Test error (%) per bin of {BIN_WIDTH[split]}° of distance to the nearest familiar {split}, "
+                      "mean ± std over seeds; images per seed and bin.")
+        doc.table(distance_shown(viewpoint))
+        doc.heading(PAPER_TABLE2_HEADING, 4)
+        doc.table(paper_table2_shown(split))
+        doc.paragraph(f"Source: {SOURCE}, Table 2.")
+
+
+def _provenance_section(doc: Document, record: dict[str, Any]) -> None:
+    doc.heading("Provenance")
+    doc.bullets([
+        f"command: `{record['command']}`", f"commit: `{record['commit']}`", f"date: {record['date']}",
+        f"dataset: {record['dataset']} ({record['mode']}), checksum `{record['dataset_checksum']}`",
+        f"seeds: {', '.join(map(str, record['seeds']))}; budget: {record['budget']['name']}",
+        "trainings: " + (f"taken from {record['train_runs']} (read only)" if record["train_runs"] else "trained here"),
+        "versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()),
+        f"wall time of this invocation: {record['seconds']:.0f} s; stages: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in record["stage_seconds"].items()),
+    ])
+    doc.paragraph("Every checkpoint used, with its SHA-256, and the budget in full are in `provenance.json`; each "
+                  "stage's raw tables are in `stages/<stage>/`.")
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+
+
+def write_study_report(result: "StudyResult", out_dir: str | os.PathLike[str] | None = None, *,
+                       command: str | None = None) -> list[Path]:
+    """Write ``REPORT.md``, ``report.html``, ``provenance.json`` and ``figures/*.png`` (each atomically)
+    into ``out_dir`` (default: the study's directory); returns their paths.
+
+    ``command``: the command line to record (the CLI passes every option spelled out).
+    """
+    from capsrobust.provenance import provenance
+
+    out = Path(out_dir) if out_dir is not None else result.out
+    figures = out / "figures"
+    checkpoints = []
+    for stage, record in result.stages.items():
+        if stage.startswith("match-"):
+            checkpoints += [{"role": f"{role} (attacks, seed {record['seed']})", "path": record[role]["checkpoint"],
+                             "sha256": record[role]["sha256"]} for role in ("capsules", "cnn")]
+        elif stage.startswith("viewpoint-"):
+            checkpoints += [{**c, "role": f"{c['role']} ({stage})"} for c in record["checkpoints"]]
+    record = provenance(
+        experiment="study", dataset=result.dataset_name, mode=result.mode, dataset_checksum=result.dataset_checksum,
+        data_dir=result.data_dir, seeds=result.seeds, budget=dataclasses.asdict(result.budget),
+        train_runs=result.train_runs, checkpoints=checkpoints, seconds=round(result.seconds, 1),
+        estimate_seconds=round(result.estimate_seconds, 1),
+        stage_seconds={stage: r.get("seconds", 0.0) for stage, r in result.stages.items()},
+    )
+    if command is not None:
+        record["argv"], record["command"] = record["command"], command
+
+    doc = Document(f"Are matrix capsules more robust than a matched CNN? — {result.dataset}")
+    if result.budget.smoke:
+        doc.banner(SMOKE)
+    heads = answers(result)
+    doc.bullets([a.line for a in heads])
+    synthnorb = (" These are synthnorb numbers, not smallNORB numbers; the paper's smallNORB numbers appear only "
+                 "in tables labelled so." if result.dataset_name == "synthnorb" else "")
+    doc.paragraph(f"Dataset: {result.dataset}.{synthnorb} Budget `{result.budget.name}`, seeds "
+                  f"{', '.join(map(str, result.seeds))}, capsule net `{result.budget.capsule_model}`. \"Better\" needs a "
+                  f"gap above {100 * MIN_GAP:.0f} points and above the seed-to-seed spread of the difference.")
+    _clean_section(doc, result)
+    _attack_section(doc, result, figures)
+    _viewpoint_section(doc, result, figures)
+    _provenance_section(doc, record)
+    record["answers"] = [{"question": a.question, "better": a.better, "supported": a.supported, "line": a.line}
+                         for a in heads]
+    paths = [write_json(out / "provenance.json", record),
+             atomic_write_text(out / "REPORT.md", doc.markdown(out)),
+             atomic_write_text(out / "report.html", doc.html())]
+    return paths + sorted(figures.glob("*.png"))

@@ -1,0 +1,229 @@
+"""`capsrobust study`: end to end on a tiny budget and tiny data, its resume, its bad inputs, and the
+rule that decides who is better."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from capsrobust.errors import ConfigError
+from capsrobust.experiments import study
+from capsrobust.experiments.study import StudyBudget, load_stage, run_study, stage_names
+from capsrobust.experiments.viewpoint import ViewpointBudget
+from capsrobust.paths import CACHE_ENV
+from capsrobust.reporting.study import MIN_GAP, compare
+from capsrobust_cli.main import cli
+from tests.conftest import write_dataset
+from tests.test_cli_data import assert_one_line_error
+
+# Info azimuths 0, 2 (familiar) and 10, 18 (novel); elevation indices 0 (familiar) and 4 (novel).
+TINY_VIEWS = {"azimuths": (0, 2, 10, 18), "elevations": (0, 4)}
+#: Seconds, not minutes: a few steps of each model, two eps values, the cheap attacks.
+TINY = StudyBudget(
+    "tiny", smoke=True, seeds=1, capsule_overrides={"iterations": 1}, batch_size=8, capsule_steps=4, cnn_steps=4,
+    eval_every=2, matched_cnn_steps=4, matched_eval_every=2, attacks=("fgsm", "bim", "transfer", "vote"),
+    targeted_attacks=("fgsm",), attack_steps=2, attack_images=16, targeted_images=8, eps=(0.0, 0.05),
+    viewpoint=ViewpointBudget("tiny", cnn_steps=4, capsule_steps=4, batch_size=8, eval_every=2,
+                              capsule_overrides={"iterations": 1}),
+)
+QUIET = {"progress": False, "log": lambda _: None}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("study") / "data", size=16, **TINY_VIEWS)
+
+
+@pytest.fixture(scope="module")
+def first_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> tuple[Path, str]:
+    """`capsrobust study` on the tiny data with the tiny budget standing in for quick: (OUT, output)."""
+    out = tmp_path_factory.mktemp("study-out") / "study"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("study-cache")))
+        patch.setitem(study.STUDY_BUDGETS, "quick", TINY)
+        result = CliRunner().invoke(cli, ["study", "--data-dir", str(data_dir), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def _stamps(out: Path) -> dict[str, int]:
+    """Modification times of every stage record and training checkpoint under ``out``."""
+    files = [*out.glob("stages/*/done.json"), *out.glob("runs/*/last.pt"), *out.glob("viewpoint/*/runs/*/last.pt")]
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in files}
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end
+
+
+def test_report_states_the_three_answers_first(first_run: tuple[Path, str]) -> None:
+    out, output = first_run
+    lines = [line for line in (out / "REPORT.md").read_text().splitlines() if line.strip()]
+    assert lines[0].startswith("# Are matrix capsules more robust than a matched CNN? — smallNORB (stereo)")
+    assert lines[1].startswith("> **Smoke run (--budget quick)") and "not for conclusions" in lines[1]
+    assert lines[2].startswith("- **Adversarial attacks**")
+    assert lines[3].startswith("- **Novel azimuths**") and lines[4].startswith("- **Novel elevations**")
+    for line in lines[2:5]:  # who, by how much or no difference, the spread, and the support
+        assert any(word in line for word in ("more robust", "generalises better", "no clear difference")), line
+        assert "mean ± std over 1 seed" in line
+        assert "Sanity checks" in line or "Not supported" in line or "reached the CNN's familiar error" in line
+    assert "SMOKE RUN" in output and "- **Adversarial attacks**" in output
+
+
+def test_report_has_every_table_the_paper_apart_and_provenance(first_run: tuple[Path, str]) -> None:
+    out, _ = first_run
+    report = (out / "REPORT.md").read_text()
+    for heading in ("## Clean test error (full split)", "## Adversarial attacks", "### Sanity checks, untargeted",
+                    "### Targeted success", "## Novel viewpoints (paper Table 2)", "### Azimuth split",
+                    "### Elevation split", "## Provenance"):
+        assert heading in report, heading
+    # The paper's numbers only under headings that say smallNORB and "not this dataset", with the source.
+    assert report.count("Paper (smallNORB)") == 4 and report.count("reference only, not this dataset") == 4
+    assert "Source: Hinton, Sabour & Frosst" in report
+    for figure in ("figures/untargeted-seed0.png", "figures/targeted-seed0.png", "figures/viewpoint-azimuth.png",
+                   "figures/viewpoint-elevation.png"):
+        assert f"]({figure})" in report and (out / figure).read_bytes()[:4] == b"\x89PNG"
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["experiment"] == "study" and record["seeds"] == [0] and len(record["dataset_checksum"]) == 64
+    assert record["budget"]["name"] == "tiny" and "study --data-dir" in record["command"]
+    assert record["checkpoints"] and all(len(c["sha256"]) == 64 for c in record["checkpoints"])
+    assert [a["question"] for a in record["answers"]] == ["Adversarial attacks", "Novel azimuths", "Novel elevations"]
+
+
+def test_html_report_is_self_contained(first_run: tuple[Path, str]) -> None:
+    out, _ = first_run
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert page.count('src="data:image/png;base64,') == 4
+    assert "src=\"http" not in page and "href=" not in page  # nothing to fetch
+    assert '<p class="banner">Smoke run' in page and "<strong>Adversarial attacks</strong>" in page
+    assert "<table>" in page and "Paper (smallNORB)" in page
+
+
+def test_every_stage_left_its_record_and_the_matched_pair(first_run: tuple[Path, str]) -> None:
+    out, _ = first_run
+    for stage in stage_names([0]):
+        assert load_stage(out, stage) is not None, stage
+    pair = load_stage(out, "match-seed0")
+    assert pair["target"] == load_stage(out, "train-seed0")["models"]["capsules-small"]["validation_error"]
+    if pair["matched"]:  # the CNN's checkpoint is its first evaluation at or below the capsule net's error
+        assert pair["cnn"]["checkpoint"].endswith("cnn-matched-seed0/matched.pt")
+        assert pair["cnn"]["validation_error"] <= pair["target"]
+    assert (out / "stages" / "attack-untargeted-seed0" / "sweep.csv").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume
+
+
+def test_rerun_with_reuse_redoes_no_stage(first_run: tuple[Path, str], data_dir: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    out, _ = first_run
+    before = _stamps(out)
+    assert len(before) == len(stage_names([0])) + 3 + 4  # records; full-split and matched runs; viewpoint runs
+    monkeypatch.setitem(study.STUDY_BUDGETS, "quick", TINY)
+    result = CliRunner().invoke(cli, ["study", "--data-dir", str(data_dir), "--out", str(out), "--no-progress",
+                                      "--reuse"])
+    assert result.exit_code == 0, result.output
+    assert _stamps(out) == before
+    assert result.output.count("done earlier") == len(stage_names([0]))
+
+
+def test_killed_after_a_stage_and_rerun_it_continues_where_it_stopped(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_torch_thread: None
+) -> None:
+    budget = StudyBudget(**{**TINY.__dict__, "targeted_attacks": ()})
+    real_attack = study._stage_attack
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # as if the process were stopped during the first attack stage
+
+    monkeypatch.setattr(study, "_stage_attack", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(tmp_path, budget=budget, data_dir=data_dir, **QUIET)
+    finished = _stamps(tmp_path)
+    assert sorted(p for p in finished if p.startswith("stages")) == ["stages/match-seed0/done.json",
+                                                                    "stages/train-seed0/done.json"]
+    assert load_stage(tmp_path, "attack-untargeted-seed0") is None
+
+    monkeypatch.setattr(study, "_stage_attack", real_attack)
+    result = run_study(tmp_path, budget=budget, data_dir=data_dir, reuse=True, **QUIET)
+    after = _stamps(tmp_path)
+    assert {p: after[p] for p in finished} == finished  # neither the stages nor the trainings were redone
+    assert set(result.stages) == set(stage_names([0]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad inputs: one line, exit 2, nothing lost
+
+
+def test_rerun_without_reuse_is_refused_and_loses_nothing(first_run: tuple[Path, str], data_dir: Path) -> None:
+    out, _ = first_run
+    before = _stamps(out)
+    result = CliRunner().invoke(cli, ["study", "--data-dir", str(data_dir), "--out", str(out), "--no-progress"])
+    assert_one_line_error(result, "already holds a study", "--reuse")
+    assert _stamps(out) == before
+
+
+def test_reuse_with_other_settings_is_refused(first_run: tuple[Path, str], data_dir: Path) -> None:
+    out, _ = first_run
+    result = CliRunner().invoke(cli, ["study", "--data-dir", str(data_dir), "--out", str(out), "--reuse",
+                                      "--budget", "full", "--no-progress"])
+    assert_one_line_error(result, "other budget", "same options")
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["--budget", "huge"], ("unknown budget 'huge'", "quick, full")),
+    (["--seeds", "0"], ("--seeds must be at least 1",)),
+    (["--mode", "colour"], ("unknown input mode 'colour'",)),
+    (["--data-dir", "/nonexistent/norb"], ("/nonexistent/norb",)),
+    (["--train-runs", "/nonexistent/runs"], ("--train-runs", "no such directory")),
+])
+def test_bad_option_is_one_line_and_writes_nothing(args: list[str], fragments: tuple[str, ...],
+                                                   tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert_one_line_error(CliRunner().invoke(cli, ["study", "--out", str(out), *args]), *fragments)
+    assert not out.exists()
+
+
+def test_foreign_or_unfinished_training_runs_are_refused(data_dir: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    (runs / "capsules-small-seed0").mkdir(parents=True)
+    (runs / "capsules-small-seed0" / "last.pt").write_bytes(b"not a checkpoint")
+    args = ["study", "--data-dir", str(data_dir), "--out", str(tmp_path / "out"), "--train-runs", str(runs)]
+    assert_one_line_error(CliRunner().invoke(cli, args), "capsules-small-seed0/last.pt", "not a loadable checkpoint")
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_teaches_with_examples() -> None:
+    result = CliRunner().invoke(cli, ["study", "--help"])
+    assert result.exit_code == 0
+    assert "capsrobust study --budget quick" in result.output and "--train-runs" in result.output
+
+
+# ----------------------------------------------------------------------------------------------
+# Budgets and the rule for "better"
+
+
+def test_budgets_are_valid_and_quick_is_a_smoke_run() -> None:
+    for budget in study.STUDY_BUDGETS.values():
+        budget.validate()
+    assert study.STUDY_BUDGETS["quick"].smoke and not study.STUDY_BUDGETS["full"].smoke
+    with pytest.raises(ConfigError, match="unknown attack"):
+        StudyBudget("bad", smoke=True, seeds=1, attacks=("fgsm", "nope")).validate()
+    with pytest.raises(ConfigError, match="cannot run targeted"):
+        StudyBudget("bad", smoke=True, seeds=1, targeted_attacks=("apgd",)).validate()
+
+
+def test_compare_needs_a_gap_above_the_floor_and_the_seed_spread() -> None:
+    assert compare([0.10, 0.12], [0.30, 0.31])[0] == "capsules"  # lower is better
+    assert compare([0.30], [0.10])[0] == "cnn"
+    better, difference, spread = compare([0.10], [0.10 + MIN_GAP / 2])
+    assert better == "neither" and math.isnan(spread)
+    # A 5-point mean gap that flips sign between seeds is no difference.
+    assert compare([0.10, 0.30], [0.20, 0.10])[0] == "neither"
+    assert compare([0.10, 0.12], [0.20, 0.21])[1] == pytest.approx(-0.095)
