@@ -46,8 +46,10 @@ def inspect_caps(checkpoint: Path, count: int, routing: bool, image_index: int |
                  pose_probe: bool, compare: tuple[Path, ...], probe_images: tuple[int, int], reconstruct: bool,
                  decoder_steps: int, decoder_seconds: float, out: Path | None, data_dir: Path | None,
                  as_json: bool) -> None:
-    """What each capsule layer of a capsule-net CHECKPOINT does on validation images (centre crop):
-    activation mean, spread (overall and within one image), quantiles, and pose scale.
+    """Look inside a capsule-net CHECKPOINT: layer statistics, --routing histograms, --pose-probe, --reconstruct.
+
+    By default: what each capsule layer does on validation images (centre crop): activation
+    mean, spread (overall and within one image), quantiles, and pose scale.
 
     Activations stuck near one value (act_std ~0) carry no information: the layer passes pose
     means on whatever the image. The images come from the checkpoint's own dataset (checked as

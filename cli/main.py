@@ -23,6 +23,7 @@ Examples:
   capsrobust train --model capsules-small --out runs/caps    # checkpoints, metrics, run.json
   capsrobust evaluate runs/caps/best.pt           # test error
   capsrobust inspect runs/caps/best.pt            # activation/pose statistics per capsule layer
+  capsrobust inspect runs/caps/best.pt --routing  # routing histograms (also --pose-probe, --reconstruct)
   capsrobust attack fgsm,bim --eps 0:0.3:0.02 --targeted   # adversarial error vs eps, both models
   capsrobust viewpoint-split azimuth --seeds 3    # Table 2: novel-view error at matched familiar error
   capsrobust study --budget quick                 # everything above in one run: REPORT.md + report.html
@@ -51,9 +52,8 @@ COMMANDS: dict[str, LazyCommand] = {
     "export": LazyCommand("capsrobust_cli.export:export", "Write an evaluation-only copy of CHECKPOINT: model, "
                           "configuration and dataset identity, without the optimiser and RNG state (a third of "
                           "the size for Adam)."),
-    "inspect": LazyCommand("capsrobust_cli.inspect_caps:inspect_caps", "What each capsule layer of a capsule-net "
-                           "CHECKPOINT does on validation images (centre crop): activation mean, spread (overall "
-                           "and within one image), quantiles, and pose scale."),
+    "inspect": LazyCommand("capsrobust_cli.inspect_caps:inspect_caps", "Look inside a capsule-net CHECKPOINT: "
+                           "layer statistics, --routing histograms, --pose-probe, --reconstruct."),
     "study": LazyCommand("capsrobust_cli.study:study", "Run the whole study -- train, match, attack, viewpoint "
                          "splits -- and write one report."),
     "train": LazyCommand("capsrobust_cli.train:train", "Train a model; checkpoints, metrics and provenance go to the "
