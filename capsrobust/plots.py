@@ -1,4 +1,5 @@
-"""Figures of robustness sweeps in the style of the paper's Fig. 3 (Hinton et al., ICLR 2018, §6).
+"""Figures of robustness sweeps in the style of the paper's Fig. 3 (Hinton et al., ICLR 2018, §6), and
+learning curves of training runs (from :mod:`capsrobust.evaluation.learning_curves` tables).
 
 matplotlib is imported lazily with the Agg backend (no display needed), and every figure is
 rendered in memory and written atomically, like the tables. Input: the tidy table of
@@ -16,7 +17,7 @@ import pandas as pd
 
 from capsrobust.files import atomic_write_bytes
 
-__all__ = ["plot_accuracy_vs_eps", "plot_targeted_success"]
+__all__ = ["plot_accuracy_vs_eps", "plot_learning_curves", "plot_targeted_success", "plot_time_to_error"]
 
 #: One colour per model (capsule nets warm, CNN cool), one line style per attack.
 _MODEL_COLOURS = {"capsules": "tab:red", "capsules-small": "tab:orange", "cnn": "tab:blue"}
@@ -175,4 +176,69 @@ def plot_probe_curves(curves: pd.DataFrame, path: str | os.PathLike[str], *, x: 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_time_to_error(metrics: pd.DataFrame, path: str | os.PathLike[str], *, title: str) -> Path:
+    """Validation error (log) against training wall time (minutes, evaluations excluded), one line per run.
+
+    ``metrics``: :func:`~capsrobust.evaluation.learning_curves.load_metrics` tables with a ``train_seconds`` column
+    (:func:`~capsrobust.evaluation.learning_curves.training_seconds`).
+    """
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.5))
+    for run, rows in metrics.groupby("run", sort=False):
+        ax.plot(rows["train_seconds"] / 60, 100 * rows["validation_error"], marker=".", label=run)
+    ax.set(xlabel="training wall time (minutes; evaluations excluded)", ylabel="validation error (%)", yscale="log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    plain_tick_labels(ax.yaxis)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_learning_curves(metrics: pd.DataFrame, path: str | os.PathLike[str], *, title: str) -> Path:
+    """Train loss (left) and train/validation error (right) against epoch, one colour per run.
+
+    ``metrics``: :func:`~capsrobust.evaluation.learning_curves.load_metrics` tables concatenated. Writes a PNG atomically; returns its path.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    runs = list(dict.fromkeys(metrics["run"]))
+    below = len(runs) > 3  # many runs: one colour legend under both panels instead of over the curves
+    fig, (loss_ax, error_ax) = pyplot().subplots(1, 2, figsize=(11, 4.2 + (0.25 * ((len(runs) + 2) // 3) if below else 0)))
+    styles = {"train": ":"}
+    for index, (run, rows) in enumerate(metrics.groupby("run", sort=False)):
+        colour = f"C{index}"
+        loss_ax.plot(rows["epoch"], rows["train_loss"], color=colour, label=run)
+        error_ax.plot(rows["epoch"], 100 * rows["train_error"], color=colour, linestyle=":")
+        for column, style, name in (("validation_error", "-", "validation"),
+                                    ("validation_novel_error", "--", "validation (novel views)")):
+            if column in rows and rows[column].notna().any():
+                error_ax.plot(rows["epoch"], 100 * rows[column], color=colour, linestyle=style, marker=".")
+                styles[name] = style
+    loss_ax.set(xlabel="epoch", ylabel="training loss (spread for capsules, CE for cnn)", yscale="log")
+    error_ax.set(xlabel="epoch", ylabel="error (%)", yscale="log")
+    for ax in (loss_ax, error_ax):
+        # Plain numbers at 1-2-5 steps on the log axes ("0.2", "5", "10", "20", "50").
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        plain_tick_labels(ax.yaxis)
+        ax.grid(True, which="both", alpha=0.3)
+    # Colour = run (left panel, or under both); line style = which error (right panel).
+    error_ax.legend([Line2D([], [], color="0.3", linestyle=style) for style in styles.values()], list(styles),
+                    fontsize=7)
+    fig.suptitle(title)
+    if below:
+        handles, labels = loss_ax.get_legend_handles_labels()
+        fig.tight_layout(rect=(0, 0.02 + 0.04 * ((len(runs) + 2) // 3), 1, 1))
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    else:
+        loss_ax.legend(fontsize=7)
+        fig.tight_layout()
     return save_figure(fig, path)

@@ -42,8 +42,8 @@ def evaluate(checkpoints: tuple[Path, ...], split: str | None, data_dir: Path | 
     """Test error of checkpoints (help text in EVALUATE_HELP)."""
     from capsrobust.checkpoints import load_model
     from capsrobust.evaluation.checkpoint_eval import error_table
-    from capsrobust.evaluation.learning_curves import (load_metrics, plot_learning_curves, plot_time_to_error,
-                                                       run_summary, training_seconds)
+    from capsrobust.evaluation.learning_curves import load_metrics, run_summary, training_seconds
+    from capsrobust.plots import plot_learning_curves, plot_time_to_error
     from capsrobust.provenance import file_sha256, provenance
     from capsrobust.reporting import atomic_write_text, to_markdown, write_csv, write_json
 
