@@ -157,6 +157,18 @@ def test_killed_after_a_stage_and_rerun_it_continues_where_it_stopped(
     assert set(result.stages) == set(stage_names([0]))
 
 
+def test_train_runs_are_taken_read_only_instead_of_trained(first_run: tuple[Path, str], data_dir: Path,
+                                                          tmp_path: Path) -> None:
+    source = first_run[0] / "runs"
+    before = {str(p): p.stat().st_mtime_ns for p in source.rglob("*") if p.is_file()}
+    result = run_study(tmp_path, budget=TINY, data_dir=data_dir, train_runs=source, **QUIET)
+    models = result.stages["train-seed0"]["models"]
+    assert {m: e["run"] for m, e in models.items()} == {m: str(source / f"{m}-seed0") for m in ("capsules-small", "cnn")}
+    assert all(e["action"].startswith("taken from") for e in models.values())
+    assert not (tmp_path / "runs" / "cnn-seed0").exists() and (tmp_path / "runs" / "cnn-matched-seed0").is_dir()
+    assert {str(p): p.stat().st_mtime_ns for p in source.rglob("*") if p.is_file()} == before  # nothing written there
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad inputs: one line, exit 2, nothing lost
 
