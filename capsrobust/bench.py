@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from capsrobust.errors import ConfigError
+from capsrobust.models import is_capsule_model
 
 #: glibc malloc settings for the measuring subprocess: serve big tensors from the heap and keep
 #: freed memory, instead of mmap/munmap per allocation -- on CPU, re-faulting hundreds of MB of
@@ -81,7 +82,7 @@ def _build(config: ModelBenchConfig) -> torch.nn.Module:
 
     overrides: dict[str, Any] = {}
     if config.routing == STRAIGHTFORWARD:
-        if config.model == "cnn":
+        if not is_capsule_model(config.model):
             raise ConfigError("the cnn has no routing; use routing='fast' for it")
         overrides = dict(routing=naive_em_routing, normalisation="patch")
     return build_model(config.model, in_channels=2, **overrides)
@@ -115,7 +116,7 @@ def _measure_model(config: ModelBenchConfig) -> dict[str, Any]:
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     images = torch.rand(config.train_batch, 2, 32, 32)
     labels = torch.randint(0, 5, (config.train_batch,))
-    loss_fn = cross_entropy if model.score_kind == "logits" else (lambda s, t: spread_loss(s, t, 0.2))
+    loss_fn = (lambda s, t: spread_loss(s, t, 0.2)) if is_capsule_model(model) else cross_entropy
 
     def train_step() -> None:
         optimiser.zero_grad(set_to_none=True)
@@ -134,8 +135,8 @@ def _measure_model(config: ModelBenchConfig) -> dict[str, Any]:
     infer_s = _timed(infer_step, config.steps, config.warmup)
     return {
         "model": config.model,
-        "routing": "-" if config.model == "cnn" else config.routing,
-        "vote_kernels": config.model != "cnn" and config.routing == FAST and vote_kernels.available(),
+        "routing": config.routing if is_capsule_model(model) else "-",
+        "vote_kernels": is_capsule_model(model) and config.routing == FAST and vote_kernels.available(),
         "train_batch": config.train_batch,
         "train_img_s": config.train_batch / train_s,
         "infer_batch": config.infer_batch,

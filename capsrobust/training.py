@@ -38,7 +38,7 @@ from capsrobust.data.transforms import AugmentParams, augment_batch, sample_augm
 from capsrobust.distributed import setup_distributed
 from capsrobust.errors import CheckpointError, ConfigError
 from capsrobust.losses import MARGIN_SCHEDULES, cross_entropy, margin_at, spread_loss
-from capsrobust.models import MODEL_NAMES, build_model
+from capsrobust.models import MODEL_NAMES, build_model, is_capsule_model
 from capsrobust.models.prediction import error_rate
 from capsrobust.presets import resolve_preset
 from capsrobust.provenance import provenance
@@ -155,7 +155,7 @@ def total_steps(config: TrainConfig, n_train: int) -> int:
 def loss_function(model: nn.Module, step: int, steps: int, margin_schedule: str = "run",
                   steps_per_epoch: int | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The training loss at ``step`` of ``steps``: spread loss (capsule activations) or cross-entropy (logits)."""
-    if getattr(model, "score_kind", "logits") == "activation":
+    if is_capsule_model(model):
         margin = margin_at(margin_schedule, step, steps, steps_per_epoch)
         return lambda scores, targets: spread_loss(scores, targets, margin)
     return cross_entropy

@@ -165,6 +165,38 @@ def test_temporary_exceptions_name_real_modules() -> None:
             warnings.warn(f"{module} no longer breaks the layer order; remove it from TEMPORARY_EXCEPTIONS")
 
 
+#: Model names: for CLI choices, file names and registries, never to decide what a model is.
+MODEL_NAMES = ("capsules", "capsules-small", "cnn")
+
+
+def _name_tests(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, code) of comparisons with a model name and of ``.startswith("caps...")`` / ``("cnn...")``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            constants = [e for o in operands for e in (o.elts if isinstance(o, (ast.Tuple, ast.List, ast.Set)) else [o])]
+            if any(isinstance(c, ast.Constant) and c.value in MODEL_NAMES for c in constants):
+                found.append((node.lineno, ast.unparse(node)))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in ("startswith", "endswith") and node.args
+              and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith(("caps", "cnn"))):
+            found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_model_kind_is_never_decided_by_comparing_names() -> None:
+    """capsrobust.models.is_capsule_model (a model's ``score_kind``) decides; a name is only a name."""
+    offenders = [f"{path.relative_to(ROOT)}:{line}: {code}" for module, path in MODULES.items()
+                 for line, code in _name_tests(ast.parse(path.read_text()))]
+    assert not offenders, "use capsrobust.models.is_capsule_model(model or name):\n" + "\n".join(offenders)
+
+
+def test_a_name_test_is_caught() -> None:
+    source = 'if config.model == "cnn":\n    pass\nok = name.startswith("capsules")\nx = m in ("cnn",)\n'
+    assert [line for line, _ in _name_tests(ast.parse(source))] == [1, 3, 4]
+
+
 @pytest.mark.parametrize("source, expected", [
     ("from capsrobust.training import train\n", ["capsrobust.training"]),
     ("def f():\n    from capsrobust.evaluation.accuracy import error_rate\n", ["capsrobust.evaluation.accuracy"]),

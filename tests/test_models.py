@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from capsrobust.errors import ConfigError
-from capsrobust.models import MODEL_NAMES, MatrixCapsNet, build_model
+from capsrobust.models import MODEL_NAMES, BaselineCNN, MatrixCapsNet, build_model, is_capsule_model, score_kind
 from capsrobust.models.capsnet import receptive_field_centres
 from capsrobust.models.layers import patch_child_index
 from capsrobust.models.routing_naive import naive_em_routing
@@ -22,6 +22,19 @@ def _count(model: torch.nn.Module) -> int:
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_parameter_count_is_within_3_percent_of_the_paper(name):
     assert _count(build_model(name, in_channels=2)) == pytest.approx(PAPER_PARAMETERS[name], rel=0.03)
+
+
+def test_a_models_kind_is_its_score_kind_attribute_not_its_name():
+    capsules, cnn = build_model("capsules-small", A=4, B=2, C=2, D=2), build_model("cnn")
+    assert is_capsule_model(capsules) and score_kind(capsules) == "activation"
+    assert not is_capsule_model(cnn) and score_kind(cnn) == "logits"
+    assert score_kind(torch.nn.Linear(2, 5)) == "logits"  # a module that does not say scores logits
+
+    class ActivationCNN(BaselineCNN):  # the attribute decides, whatever the class or name
+        score_kind = "activation"
+
+    assert is_capsule_model(ActivationCNN(2))
+    assert is_capsule_model("capsules-small") and not is_capsule_model("cnn")  # names: through their class
 
 
 @pytest.mark.parametrize("in_channels", [1, 2])

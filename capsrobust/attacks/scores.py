@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from capsrobust.errors import ConfigError
+from capsrobust.models import is_capsule_model, score_kind
 
 __all__ = ["LOSS_NAMES", "SCORE_NAMES", "ScoreModel", "attack_loss", "default_score", "dlr_loss", "margin_loss",
            "model_device", "spread_attack_loss", "unit_scores"]
@@ -51,7 +52,7 @@ LossFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 def default_score(model: nn.Module) -> str:
     """``logits`` for a logit model, ``log-activation`` for a capsule net (see the module table)."""
-    return "log-activation" if getattr(model, "score_kind", "logits") == "activation" else "logits"
+    return "log-activation" if is_capsule_model(model) else "logits"
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -79,7 +80,7 @@ class ScoreModel(nn.Module):
         if isinstance(model, ScoreModel):
             model = model.model
         self.model = model
-        self.score_kind = getattr(model, "score_kind", "logits")
+        self.score_kind = score_kind(model)
         self.score = score or default_score(model)
         if self.score not in SCORE_NAMES:
             raise ConfigError(f"unknown score {self.score!r}; valid: {', '.join(SCORE_NAMES)}")

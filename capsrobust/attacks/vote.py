@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from capsrobust.attacks.scores import LossFn, ScoreModel
 from capsrobust.attacks.sign_gradient import SignGradientAttack
 from capsrobust.errors import ConfigError
+from capsrobust.models import is_capsule_model
 from capsrobust.models.routing import inverse_temperatures
 
 __all__ = ["VoteAttack", "VoteScores", "check_votes"]
@@ -48,7 +49,7 @@ __all__ = ["VoteAttack", "VoteScores", "check_votes"]
 def check_votes(model: nn.Module) -> nn.Module:
     """The capsule net behind ``model`` (a ScoreModel or a model), or a one-line :class:`ConfigError`."""
     inner = model.model if isinstance(model, ScoreModel) else model
-    if getattr(inner, "score_kind", "logits") != "activation":
+    if not is_capsule_model(inner):
         raise ConfigError("the vote attack attacks the class votes of a capsule net, and this model outputs logits "
                           "(a CNN has no votes); run vote on a capsule checkpoint")
     if not hasattr(getattr(inner, "class_caps", None), "routing"):

@@ -20,6 +20,7 @@ from capsrobust.checkpoints import load_checkpoint, load_model
 from capsrobust.data.prepared import PreparedData
 from capsrobust.data.transforms import center_crop
 from capsrobust.errors import CheckpointError, ConfigError
+from capsrobust.models import is_capsule_model
 from capsrobust.provenance import file_sha256
 
 __all__ = ["DEFAULT_RUN_ROOTS", "AttackSetup", "LoadedCheckpoint", "find_default_checkpoints",
@@ -102,16 +103,12 @@ def parse_eps(text: str) -> tuple[float, ...]:
     return tuple(sorted(set(values)))
 
 
-def _capsule(name: str) -> bool:
-    return name.startswith("capsules")
-
-
 def find_default_checkpoints(roots: Iterable[str | os.PathLike[str]] = DEFAULT_RUN_ROOTS) -> list[Path]:
     """The newest capsule-net and CNN checkpoints of the run directories under ``roots``.
 
     A run directory is one holding ``last.pt``; from each its ``best.pt`` (else ``last.pt``) is
     taken; directories are visited newest first (modification time of that file); the first
-    capsule net (``capsules*``) and the first ``cnn`` win. Unreadable checkpoints are passed over.
+    capsule net (:func:`~capsrobust.models.is_capsule_model`) and the first CNN win. Unreadable checkpoints are passed over.
     Raises :class:`CheckpointError` naming what is missing and how to get it.
     """
     candidates = []
@@ -121,18 +118,18 @@ def find_default_checkpoints(roots: Iterable[str | os.PathLike[str]] = DEFAULT_R
                 best = last.with_name("best.pt")
                 chosen = best if best.is_file() else last
                 candidates.append((chosen.stat().st_mtime, chosen))
-    found: dict[str, Path] = {}
+    found: dict[bool, Path] = {}  # is a capsule net -> its newest checkpoint
     for _, path in sorted(candidates, reverse=True):
         try:
-            kind = "capsules" if _capsule(str(load_checkpoint(path).get("model", ""))) else "cnn"
+            capsule = is_capsule_model(str(load_checkpoint(path).get("model", "")))
         except CheckpointError:
             continue
-        found.setdefault(kind, path)
+        found.setdefault(capsule, path)
         if len(found) == 2:
-            return [found["capsules"], found["cnn"]]
+            return [found[True], found[False]]
     where = " or ".join(f"{r}/" for r in map(str, roots))
-    missing = [k for k in ("capsules", "cnn") if k not in found]
-    model = "capsules-small" if missing[0] == "capsules" else "cnn"
+    missing = [kind for capsule, kind in ((True, "capsules"), (False, "cnn")) if capsule not in found]
+    model = "capsules-small" if True not in found else "cnn"  # what to train first, as a command line
     raise CheckpointError(f"no {' and no '.join(missing)} checkpoint found under {where}; train one with "
                           f"`capsrobust train --model {model}` or pass --models CAPS.pt,CNN.pt")
 
@@ -168,7 +165,7 @@ def load_attack_setup(paths: list[str | os.PathLike[str]], data_dir: str | os.Pa
     if len(names) == 2 and names[0] == names[1]:
         raise ConfigError(f"both checkpoints are {names[0]} models ({raw[0][0]}, {raw[1][0]}); "
                           "pass one capsule net and one cnn to --models")
-    if pair and sorted(_capsule(name) for name in names) != [False, True]:
+    if pair and sorted(is_capsule_model(name) for name in names) != [False, True]:
         raise ConfigError(f"transfer needs one capsule net and one cnn, got {' and '.join(names)}; "
                           "pass --models CAPS.pt,CNN.pt")
     for key, what in (("mode", "input mode"), ("split", "viewpoint split")):

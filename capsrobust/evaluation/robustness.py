@@ -74,6 +74,7 @@ from capsrobust.attacks import (ATTACK_LOSSES, BLACK_BOX, LOSS_NAMES, SIGN_GRADI
                                 WHITE_BOX, AttackSpec, ScoreModel, SignGradientAttack, TransferAttack, build_attack,
                                 check_votes, model_device, parse_attack_spec, set_target)
 from capsrobust.errors import ConfigError
+from capsrobust.models import score_kind
 from capsrobust.models.preprocessing import STANDARDISE_EPS
 
 __all__ = ["CHANCE_ERROR", "CHANCE_TOLERANCE", "COST_COLUMNS", "RESULT_COLUMNS", "SweepConfig", "check_models",
@@ -116,7 +117,7 @@ def tolerance(n: int) -> float:
 
 def default_batch_size(model: nn.Module) -> int:
     """Images per forward/backward for ``model``: :data:`DEFAULT_BATCH_SIZES` by its ``score_kind``."""
-    return DEFAULT_BATCH_SIZES.get(getattr(model, "score_kind", "logits"), 100)
+    return DEFAULT_BATCH_SIZES.get(score_kind(model), 100)
 
 
 @dataclass

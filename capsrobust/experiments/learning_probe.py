@@ -33,7 +33,7 @@ import torch
 from capsrobust.data.prepared import PreparedData
 from capsrobust.data.transforms import center_crop
 from capsrobust.errors import ConfigError
-from capsrobust.models import MODEL_NAMES, build_model, is_capsule_model
+from capsrobust.models import MODEL_NAMES, build_model, is_capsule_model, score_kind
 from capsrobust.models.prediction import predict_scores
 from capsrobust.presets import PRESET_NAMES, resolve_preset
 from capsrobust.training import TrainConfig, learning_rate, loss_function
@@ -126,7 +126,7 @@ def _fit_subset(variant: Variant, images: torch.Tensor, labels: torch.Tensor, *,
     model = build_model(config.model, in_channels=images.shape[1], **config.model_overrides)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     crops = center_crop(images)
-    kind = getattr(model, "score_kind", "logits")
+    kind = score_kind(model)
     steps_per_epoch = max(1, len(labels) // config.batch_size)
     records, seconds = [], 0.0
 

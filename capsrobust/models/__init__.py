@@ -17,7 +17,7 @@ from capsrobust.models.cnn import BaselineCNN
 from capsrobust.models.routing import em_routing
 
 __all__ = ["MODEL_NAMES", "BaselineCNN", "MatrixCapsNet", "build_model", "capsules", "capsules_small", "cnn",
-           "em_routing", "is_capsule_model"]
+           "em_routing", "is_capsule_model", "score_kind"]
 
 MODEL_NAMES = ("capsules", "capsules-small", "cnn")
 
@@ -49,9 +49,19 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 _CLASSES: dict[str, type[nn.Module]] = {"capsules": MatrixCapsNet, "capsules-small": MatrixCapsNet, "cnn": BaselineCNN}
 
 
-def is_capsule_model(name: str) -> bool:
-    """Whether the model called ``name`` is a capsule net (its scores are activations, its options routing's)."""
-    return getattr(_CLASSES.get(name), "score_kind", None) == "activation"
+def score_kind(model: nn.Module) -> str:
+    """What ``model``'s class scores are: ``"activation"`` (capsule nets) or ``"logits"`` (the CNN, and any
+    module that does not say)."""
+    return getattr(model, "score_kind", "logits")
+
+
+def is_capsule_model(model: str | nn.Module) -> bool:
+    """Whether ``model`` -- a model, or the name of one in :data:`MODEL_NAMES` -- is a capsule net: its scores
+    are activations (spread loss, vote attack, routing options). The one test of a model's kind; never
+    compare names."""
+    if isinstance(model, str):
+        return getattr(_CLASSES.get(model), "score_kind", None) == "activation"
+    return score_kind(model) == "activation"
 
 
 def build_model(name: str, in_channels: int = 2, **overrides: Any) -> nn.Module:

@@ -10,13 +10,14 @@ import torch
 from torch import nn
 
 from capsrobust.data.transforms import center_crop, multi_crop
+from capsrobust.models import score_kind
 
 __all__ = ["error_rate", "predict_scores"]
 
 
-def _normalise(scores: torch.Tensor, score_kind: str) -> torch.Tensor:
+def _normalise(scores: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-example class distribution: activations / their sum, or softmax of logits."""
-    if score_kind == "logits":
+    if kind == "logits":
         return scores.softmax(dim=1)
     return scores / scores.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -40,8 +41,7 @@ def predict_scores(
             if multi:
                 crops = multi_crop(batch)  # (13, B, C, 32, 32)
                 scores = model(crops.flatten(0, 1)).unflatten(0, crops.shape[:2])
-                kind = getattr(model, "score_kind", "logits")
-                out.append(_normalise(scores.flatten(0, 1), kind).unflatten(0, crops.shape[:2]).sum(0).cpu())
+                out.append(_normalise(scores.flatten(0, 1), score_kind(model)).unflatten(0, crops.shape[:2]).sum(0).cpu())
             else:
                 out.append(model(center_crop(batch)).cpu())
     finally:
