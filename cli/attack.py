@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from capsrobust.attacks import ATTACK_NAMES, LOSS_NAMES, parse_attack_spec
+from capsrobust.attacks import ATTACK_NAMES, LOSS_NAMES, parse_attack_spec, parse_attack_specs, parse_eps
 from capsrobust.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -84,15 +84,7 @@ Examples:
 
 def parse_attacks(text: str) -> tuple[str, ...]:
     """``fgsm`` or ``fgsm,pgd:50x5`` -> ('fgsm', 'pgd:50x5'); one-line ConfigError for a bad spec."""
-    names = tuple(parse_attack_spec(part).label for part in text.split(","))
-    if len(set(names)) != len(names):
-        raise ConfigError(f"attack listed twice in {text!r}; name each attack once")
-    return names
-
-
-def check_positive(name: str, value: int) -> None:
-    if value < 1:
-        raise ConfigError(f"{name} must be at least 1, got {value}")
+    return tuple(spec.label for spec in parse_attack_specs(text.split(",")))
 
 
 def _device() -> str:
@@ -128,14 +120,12 @@ def _device() -> str:
 def attack(attack_list: str, eps_text: str, targeted: bool, models_text: str | None, n: int, batch_size: int | None,
            seed: int, steps: int, loss: str, data_dir: Path | None, out_dir: Path | None, no_savings: bool,
            no_progress: bool) -> None:
-    from capsrobust.evaluation.attack_data import find_default_checkpoints, load_attack_setup, parse_eps
+    from capsrobust.evaluation.attack_data import check_image_count, find_default_checkpoints, load_attack_setup
     from capsrobust.evaluation.robustness import SweepConfig, check_models, evaluate_robustness, sweep_cells
 
     attacks = parse_attacks(attack_list)
     eps_values = parse_eps(eps_text)
-    check_positive("--n", n)
-    if batch_size is not None:
-        check_positive("--batch-size", batch_size)
+    check_image_count(n)
     modes = ("untargeted", "targeted") if targeted else ("untargeted",)
     config = SweepConfig(attacks=attacks, eps_values=eps_values, modes=modes, loss=loss.strip().lower(),
                          steps=steps, batch_size=batch_size, seed=seed, savings=not no_savings)

@@ -53,20 +53,19 @@ def bench_attacks(models_text: str | None, n: int, steps: int, batch_size: int |
     """
     import torch
 
-    from capsrobust.evaluation.attack_data import find_default_checkpoints, load_attack_setup
+    from capsrobust.evaluation.attack_data import check_image_count, find_default_checkpoints, load_attack_setup
     from capsrobust.evaluation.robustness import SweepConfig, compare_savings, robustness_sweep
     from capsrobust.reporting import to_markdown
 
-    for name, value in (("--n", n), ("--steps", steps), ("--batch-size", batch_size or 1)):
-        if value < 1:
-            raise ConfigError(f"{name} must be at least 1, got {value}")
+    check_image_count(n)
+    config = SweepConfig(attacks=BENCH_ATTACKS, eps_values=BENCH_EPS, modes=("untargeted",), steps=steps,
+                         batch_size=batch_size, seed=seed)
+    config.validate()  # --steps and --batch-size, before the (slow) loading
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; pass a directory")
     paths = [p.strip() for p in models_text.split(",")] if models_text else find_default_checkpoints()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     setup = load_attack_setup(paths, data_dir, n=n, seed=seed, device=device)
-    config = SweepConfig(attacks=BENCH_ATTACKS, eps_values=BENCH_EPS, modes=("untargeted",), steps=steps,
-                         batch_size=batch_size, seed=seed)
     started = time.monotonic()
     if savings_only:
         table = robustness_sweep(setup.models, setup.images, setup.labels, config, dataset=setup.dataset)

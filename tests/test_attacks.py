@@ -19,14 +19,16 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from capsrobust.attacks import ATTACK_NAMES, TARGETED_OK, ScoreModel, build_attack, parse_attack_spec, set_target
+from capsrobust.attacks import (ATTACK_NAMES, TARGETED_OK, ScoreModel, SignGradientAttack, attack_loss, build_attack,
+                                parse_attack_spec, parse_eps, set_target)
 from capsrobust.checkpoints import load_checkpoint, save_checkpoint
 from capsrobust.errors import ConfigError
-from capsrobust.evaluation.attack_data import find_default_checkpoints, parse_eps, sample_test_images
+from capsrobust.evaluation.attack_data import find_default_checkpoints, sample_test_images
 from capsrobust.evaluation.robustness import (SweepConfig, evaluate_robustness, gradient_statistics,
                                               robustness_sweep, sanity_checks)
 from capsrobust.paths import CACHE_ENV
 from capsrobust.reporting import sweep_pivot
+from capsrobust_cli.attack import parse_attacks
 from capsrobust_cli.main import cli
 from tests.conftest import write_dataset
 from tests.test_cli_data import assert_one_line_error
@@ -352,6 +354,33 @@ def test_sweep_config_rejects_bad_options_before_any_work():
         with pytest.raises(ConfigError, match=None) as info:
             SweepConfig(**bad).validate()
         assert fragment in str(info.value)
+
+
+def _message(call) -> str:
+    with pytest.raises(ConfigError) as info:
+        call()
+    return str(info.value)
+
+
+def test_each_attack_option_has_one_rule_whoever_checks_it():
+    """The --eps range, the loss names and the losses an attack takes read the same from the option
+    parser, the sweep's up-front check and the attack itself: one rule each, in capsrobust.attacks."""
+    model = TemplateModel(templates())
+    eps = {_message(lambda: parse_eps("1.5")), _message(lambda: SweepConfig(eps_values=(1.5,)).validate()),
+           _message(lambda: build_attack("fgsm", model, 1.5))}
+    assert len(eps) == 1 and "1.5 is outside [0, 1]" in eps.pop()
+    unknown = {_message(lambda: SweepConfig(loss="hinge").validate()),
+               _message(lambda: build_attack("fgsm", model, 0.1, loss="hinge")),
+               _message(lambda: SignGradientAttack(model, 0.1, 0.01, 1, loss="hinge")),
+               _message(lambda: attack_loss("hinge", torch.zeros(1, 5), torch.zeros(1, dtype=torch.long), None,
+                                            "logits"))}
+    assert unknown == {"unknown loss 'hinge'; valid losses: ce, margin, dlr, spread"}
+    per_attack = {_message(lambda: SweepConfig(attacks=("apgd",), loss="margin").validate()),
+                  _message(lambda: build_attack("apgd", model, 0.1, loss="margin"))}
+    assert per_attack == {"apgd supports --loss ce or dlr, not 'margin'"}
+    twice = {_message(lambda: SweepConfig(attacks=("fgsm", "FGSM")).validate()),
+             _message(lambda: parse_attacks("fgsm,FGSM"))}
+    assert len(twice) == 1 and "listed twice" in twice.pop()
 
 
 def test_pivot_puts_models_side_by_side():

@@ -13,16 +13,18 @@ model's eval mode and clamping to [0, 1]; ``attack(images, labels)`` maps images
   Square and AutoAttack from torchattacks, and the transfer attack), targeted mode.
 """
 
-from capsrobust.attacks.build import (ATTACK_LOSSES, ATTACK_NAMES, BLACK_BOX, RANDOM_START, RESTARTABLE,
+from capsrobust.attacks.build import (ATTACK_LOSSES, ATTACK_NAMES, BLACK_BOX, MAX_EPS_VALUES, RANDOM_START, RESTARTABLE,
                                       SIGN_GRADIENT, TARGETED_OK, WHITE_BOX, AttackSpec, TransferAttack, build_attack,
-                                      parse_attack_spec, set_target)
-from capsrobust.attacks.scores import (LOSS_NAMES, SCORE_NAMES, ScoreModel, attack_loss, default_score, margin_loss,
-                                       model_device, spread_attack_loss, unit_scores)
+                                      check_attack_loss, check_eps, parse_attack_spec, parse_attack_specs, parse_eps,
+                                      set_target)
+from capsrobust.attacks.scores import (LOSS_NAMES, SCORE_NAMES, ScoreModel, attack_loss, check_loss_name,
+                                       default_score, margin_loss, model_device, spread_attack_loss, unit_scores)
 from capsrobust.attacks.sign_gradient import AttackResult, SignGradientAttack
 from capsrobust.attacks.vote import VoteAttack, VoteScores, check_votes
 
-__all__ = ["ATTACK_LOSSES", "ATTACK_NAMES", "BLACK_BOX", "LOSS_NAMES", "RANDOM_START", "RESTARTABLE", "SCORE_NAMES",
-           "SIGN_GRADIENT", "TARGETED_OK", "WHITE_BOX", "AttackResult", "AttackSpec", "ScoreModel",
+__all__ = ["ATTACK_LOSSES", "ATTACK_NAMES", "BLACK_BOX", "LOSS_NAMES", "MAX_EPS_VALUES", "RANDOM_START", "RESTARTABLE",
+           "SCORE_NAMES", "SIGN_GRADIENT", "TARGETED_OK", "WHITE_BOX", "AttackResult", "AttackSpec", "ScoreModel",
            "SignGradientAttack", "TransferAttack", "VoteAttack", "VoteScores", "attack_loss", "build_attack",
-           "check_votes", "default_score", "margin_loss", "model_device", "parse_attack_spec", "set_target",
+           "check_attack_loss", "check_eps", "check_loss_name", "check_votes", "default_score", "margin_loss",
+           "model_device", "parse_attack_spec", "parse_attack_specs", "parse_eps", "set_target",
            "spread_attack_loss", "unit_scores"]

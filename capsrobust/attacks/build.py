@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 import torchattacks
 from torch import Tensor, nn
 from torchattacks.attack import Attack
 
-from capsrobust.attacks.scores import LOSS_NAMES, ScoreModel
+from capsrobust.attacks.scores import ScoreModel, check_loss_name
 from capsrobust.attacks.sign_gradient import SignGradientAttack, bim, fgsm, pgd
 from capsrobust.attacks.vote import VoteAttack
 from capsrobust.errors import ConfigError
 
-__all__ = ["ATTACK_LOSSES", "ATTACK_NAMES", "BLACK_BOX", "RANDOM_START", "RESTARTABLE", "SIGN_GRADIENT",
-           "TARGETED_OK", "WHITE_BOX", "AttackSpec", "TransferAttack", "build_attack", "parse_attack_spec",
-           "set_target"]
+__all__ = ["ATTACK_LOSSES", "ATTACK_NAMES", "BLACK_BOX", "MAX_EPS_VALUES", "RANDOM_START", "RESTARTABLE",
+           "SIGN_GRADIENT", "TARGETED_OK", "WHITE_BOX", "AttackSpec", "TransferAttack", "build_attack",
+           "check_attack_loss", "check_eps", "parse_attack_spec", "parse_attack_specs", "parse_eps", "set_target"]
 
 ATTACK_NAMES = ("fgsm", "bim", "pgd", "apgd", "square", "autoattack", "vote", "transfer")
 #: Gradient attacks on the evaluated model's own scores: what a robustness number usually rests on.
@@ -34,6 +35,9 @@ RESTARTABLE = ("pgd", "vote", "apgd")
 TARGETED_OK = ("fgsm", "bim", "pgd", "vote", "square", "transfer")
 #: Losses each attack accepts (the others take every loss in LOSS_NAMES).
 ATTACK_LOSSES = {"apgd": ("ce", "dlr"), "square": ("ce", "margin"), "autoattack": ("ce",)}
+
+#: A sweep longer than this is almost certainly a typo (0:0.3:0.0002).
+MAX_EPS_VALUES = 200
 
 _SPEC = re.compile(r"^(?P<name>[a-z]+)(?::(?P<steps>\d+)(?:x(?P<restarts>\d+))?)?$")
 
@@ -76,6 +80,68 @@ def parse_attack_spec(text: str) -> AttackSpec:
     if match.group("restarts") is not None and name not in RESTARTABLE:
         raise ConfigError(f"attack {label}: only {', '.join(RESTARTABLE)} take restarts (xR)")
     return AttackSpec(name, steps, restarts, label)
+
+
+def parse_attack_specs(attacks: Iterable[str]) -> list[AttackSpec]:
+    """The specs of one sweep, in order; one-line :class:`ConfigError` for none, a bad one or one listed twice."""
+    specs = [parse_attack_spec(text) for text in attacks]
+    if not specs:
+        raise ConfigError(f"no attack given; valid attacks: {', '.join(ATTACK_NAMES)}")
+    labels = [spec.label for spec in specs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"attack listed twice in {','.join(labels)}; name each attack once")
+    return specs
+
+
+def check_attack_loss(attack: str, loss: str) -> None:
+    """The one rule for ``--loss``: a name in :data:`~capsrobust.attacks.scores.LOSS_NAMES` that ``attack``
+    (a name in :data:`ATTACK_NAMES`) accepts (:data:`ATTACK_LOSSES`); else a one-line :class:`ConfigError`."""
+    check_loss_name(loss)
+    allowed = ATTACK_LOSSES.get(attack)
+    if allowed and loss not in allowed:
+        raise ConfigError(f"{attack} supports --loss {' or '.join(allowed)}, not {loss!r}")
+
+
+def check_eps(eps: float) -> float:
+    """``eps`` if it is an L∞ radius in [0, 1] (pixel units of images in [0, 1]), else a one-line
+    :class:`ConfigError` naming it; the one rule for every eps, however it was given."""
+    if not 0.0 <= eps <= 1.0:  # also rejects nan
+        raise ConfigError(f"--eps {eps:g} is outside [0, 1] (pixel units of images in [0, 1]); "
+                          "use values between 0 and 1, e.g. 0.1 or 0:0.3:0.02")
+    return eps
+
+
+def parse_eps(text: str) -> tuple[float, ...]:
+    """``0.1`` | ``0,0.05,0.1`` | ``START:STOP:STEP`` (STOP included) -> sorted unique eps values in [0, 1].
+
+    Values are pixel units of images in [0, 1]. Raises :class:`ConfigError` naming the bad value.
+    """
+    fix = "pass a value such as 0.1, a list 0,0.05,0.1 or a sweep START:STOP:STEP such as 0:0.3:0.02"
+    text = text.strip()
+    if not text:
+        raise ConfigError(f"--eps is empty; {fix}")
+
+    def number(part: str) -> float:
+        try:
+            value = float(part)
+        except ValueError:
+            raise ConfigError(f"--eps: {part.strip()!r} is not a number; {fix}") from None
+        return check_eps(value)
+
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ConfigError(f"--eps: {text!r} is not START:STOP:STEP; {fix}")
+        start, stop, step = (number(p) for p in parts)
+        if step <= 0 or stop < start:
+            raise ConfigError(f"--eps: sweep {text!r} needs STEP > 0 and STOP >= START; e.g. 0:0.3:0.02")
+        count = int(round((stop - start) / step, 9) // 1) + 1  # STOP included when it lies on the grid
+        if count > MAX_EPS_VALUES:
+            raise ConfigError(f"--eps: sweep {text!r} has {count} values (max {MAX_EPS_VALUES}); use a larger STEP")
+        values = [round(start + i * step, 10) for i in range(count)]
+    else:
+        values = [number(p) for p in text.split(",")]
+    return tuple(sorted(set(values)))
 
 
 class TransferAttack(Attack):
@@ -156,13 +222,8 @@ def build_attack(
       model's default score (or its own, if it is already a ScoreModel), applied to ``model``.
     """
     spec = name if isinstance(name, AttackSpec) else parse_attack_spec(name)
-    if loss not in LOSS_NAMES:
-        raise ConfigError(f"unknown loss {loss!r}; valid losses: {', '.join(LOSS_NAMES)}")
-    allowed = ATTACK_LOSSES.get(spec.name)
-    if allowed and loss not in allowed:
-        raise ConfigError(f"{spec.name} supports --loss {' or '.join(allowed)}, not {loss!r}")
-    if not 0.0 <= eps <= 1.0:
-        raise ConfigError(f"eps must be in [0, 1] (pixel units), got {eps}")
+    check_attack_loss(spec.name, loss)
+    check_eps(eps)
     steps = spec.resolved_steps(steps)
     restarts = spec.restarts if spec.restarts != 1 or restarts is None else restarts
     if steps < 1 or restarts < 1:

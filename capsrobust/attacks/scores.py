@@ -41,13 +41,19 @@ from torch import Tensor, nn
 from capsrobust.errors import ConfigError
 from capsrobust.models import is_capsule_model, score_kind
 
-__all__ = ["LOSS_NAMES", "SCORE_NAMES", "ScoreModel", "attack_loss", "default_score", "dlr_loss", "margin_loss",
-           "model_device", "spread_attack_loss", "unit_scores"]
+__all__ = ["LOSS_NAMES", "SCORE_NAMES", "ScoreModel", "attack_loss", "check_loss_name", "default_score", "dlr_loss",
+           "margin_loss", "model_device", "spread_attack_loss", "unit_scores"]
 
 LOSS_NAMES = ("ce", "margin", "dlr", "spread")
 SCORE_NAMES = ("logits", "log-activation", "activation")
 
 LossFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+def check_loss_name(loss: str | LossFn) -> None:
+    """One-line :class:`ConfigError` unless ``loss`` is a callable or a name in :data:`LOSS_NAMES`."""
+    if not callable(loss) and loss not in LOSS_NAMES:
+        raise ConfigError(f"unknown loss {loss!r}; valid losses: {', '.join(LOSS_NAMES)}")
 
 
 def default_score(model: nn.Module) -> str:
@@ -171,10 +177,9 @@ _LOSSES: dict[str, LossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_l
 def attack_loss(loss: str | LossFn, scores: Tensor, labels: Tensor, targets: Tensor | None, score: str) -> Tensor:
     """The scalar an attack ascends: ``loss`` (a name in :data:`LOSS_NAMES` or a callable
     ``loss(scores, labels, targets_or_None)``) on ``scores`` (N, K) of kind ``score``."""
+    check_loss_name(loss)
     if callable(loss):
         return loss(scores, labels, targets)
-    if loss not in _LOSSES:
-        raise ConfigError(f"unknown loss {loss!r}; valid losses: {', '.join(LOSS_NAMES)}")
     if loss == "spread":
         scores = unit_scores(scores, score)
     return _LOSSES[loss](scores, labels, targets)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torchattacks.attack import Attack
 
-from capsrobust.attacks.scores import LOSS_NAMES, LossFn, ScoreModel, attack_loss
+from capsrobust.attacks.scores import LossFn, ScoreModel, attack_loss, check_loss_name
 from capsrobust.errors import ConfigError
 
 __all__ = ["KEEP_MODES", "AttackResult", "SignGradientAttack", "bim", "fgsm", "pgd"]
@@ -73,8 +73,7 @@ class SignGradientAttack(Attack):
         super().__init__(name, wrapped)
         if keep not in KEEP_MODES:
             raise ConfigError(f"keep must be one of {', '.join(KEEP_MODES)}, got {keep!r}")
-        if not callable(loss) and loss not in LOSS_NAMES:
-            raise ConfigError(f"unknown loss {loss!r}; valid losses: {', '.join(LOSS_NAMES)}")
+        check_loss_name(loss)
         if steps < 1 or restarts < 1:
             raise ConfigError(f"steps and restarts must be at least 1, got {steps} and {restarts}")
         self.eps, self.alpha, self.steps, self.random_start = eps, alpha, steps, random_start

@@ -23,13 +23,11 @@ from capsrobust.errors import CheckpointError, ConfigError
 from capsrobust.models import is_capsule_model
 from capsrobust.provenance import file_sha256
 
-__all__ = ["DEFAULT_RUN_ROOTS", "AttackSetup", "LoadedCheckpoint", "find_default_checkpoints",
-           "load_attack_setup", "parse_eps", "sample_test_images"]
+__all__ = ["DEFAULT_RUN_ROOTS", "AttackSetup", "LoadedCheckpoint", "check_image_count", "find_default_checkpoints",
+           "load_attack_setup", "sample_test_images"]
 
 #: Where ``capsrobust train`` puts run directories by default, and where results/ keeps them.
 DEFAULT_RUN_ROOTS = ("runs", "results/train")
-#: A sweep longer than this is almost certainly a typo (0:0.3:0.0002).
-MAX_EPS_VALUES = 200
 
 
 @dataclass
@@ -67,42 +65,6 @@ class AttackSetup:
         return self.data.describe()
 
 
-def parse_eps(text: str) -> tuple[float, ...]:
-    """``0.1`` | ``0,0.05,0.1`` | ``START:STOP:STEP`` (STOP included) -> sorted unique eps values in [0, 1].
-
-    Values are pixel units of images in [0, 1]. Raises :class:`ConfigError` naming the bad value.
-    """
-    fix = "pass a value such as 0.1, a list 0,0.05,0.1 or a sweep START:STOP:STEP such as 0:0.3:0.02"
-    text = text.strip()
-    if not text:
-        raise ConfigError(f"--eps is empty; {fix}")
-
-    def number(part: str) -> float:
-        try:
-            value = float(part)
-        except ValueError:
-            raise ConfigError(f"--eps: {part.strip()!r} is not a number; {fix}") from None
-        if not (0.0 <= value <= 1.0):  # also rejects nan
-            raise ConfigError(f"--eps: {part.strip()} is outside [0, 1] (pixel units of images in [0, 1]); "
-                              "use values between 0 and 1, e.g. 0.1 or 0:0.3:0.02")
-        return value
-
-    if ":" in text:
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise ConfigError(f"--eps: {text!r} is not START:STOP:STEP; {fix}")
-        start, stop, step = (number(p) for p in parts)
-        if step <= 0 or stop < start:
-            raise ConfigError(f"--eps: sweep {text!r} needs STEP > 0 and STOP >= START; e.g. 0:0.3:0.02")
-        count = int(round((stop - start) / step, 9) // 1) + 1  # STOP included when it lies on the grid
-        if count > MAX_EPS_VALUES:
-            raise ConfigError(f"--eps: sweep {text!r} has {count} values (max {MAX_EPS_VALUES}); use a larger STEP")
-        values = [round(start + i * step, 10) for i in range(count)]
-    else:
-        values = [number(p) for p in text.split(",")]
-    return tuple(sorted(set(values)))
-
-
 def find_default_checkpoints(roots: Iterable[str | os.PathLike[str]] = DEFAULT_RUN_ROOTS) -> list[Path]:
     """The newest capsule-net and CNN checkpoints of the run directories under ``roots``.
 
@@ -134,14 +96,21 @@ def find_default_checkpoints(roots: Iterable[str | os.PathLike[str]] = DEFAULT_R
                           f"`capsrobust train --model {model}` or pass --models CAPS.pt,CNN.pt")
 
 
+def check_image_count(n: int) -> int:
+    """``--n``, the number of test images attacked, if it is at least 1; else a one-line :class:`ConfigError`.
+    (Whether the test set holds that many is checked by :func:`sample_test_images`, once the data is there.)"""
+    if n < 1:
+        raise ConfigError(f"--n must be at least 1, got {n}")
+    return n
+
+
 def sample_test_images(data: PreparedData, n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     """A fixed random subset of ``n`` familiar test examples: images (n, C, 32, 32), labels (n,), indices (n,).
 
     The subset depends only on ``seed`` and the data (``torch.Generator`` seeded with ``seed``).
     """
+    check_image_count(n)
     images, labels = data.subset("test_familiar")
-    if n < 1:
-        raise ConfigError(f"--n must be at least 1, got {n}")
     if n > len(labels):
         raise ConfigError(f"--n {n} exceeds the {len(labels)} test images of {data.describe()} "
                           f"(split {data.split}); use --n {len(labels)} or less")

@@ -60,7 +60,6 @@ at a near-tie.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -70,9 +69,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from capsrobust.attacks import (ATTACK_LOSSES, BLACK_BOX, LOSS_NAMES, SIGN_GRADIENT, TARGETED_OK,
-                                WHITE_BOX, AttackSpec, ScoreModel, SignGradientAttack, TransferAttack, build_attack,
-                                check_votes, model_device, parse_attack_spec, set_target)
+from capsrobust.attacks import (BLACK_BOX, SIGN_GRADIENT, TARGETED_OK, WHITE_BOX, AttackSpec, ScoreModel,
+                                SignGradientAttack, TransferAttack, build_attack, check_attack_loss, check_eps,
+                                check_votes, model_device, parse_attack_spec, parse_attack_specs, set_target)
 from capsrobust.errors import ConfigError
 from capsrobust.models import score_kind
 from capsrobust.models.preprocessing import STANDARDISE_EPS
@@ -141,32 +140,22 @@ class SweepConfig:
 
     def specs(self) -> list[AttackSpec]:
         """The parsed attack specs, in order."""
-        return [parse_attack_spec(a) for a in self.attacks]
+        return parse_attack_specs(self.attacks)
 
     def batch_size_for(self, model: nn.Module) -> int:
         return self.batch_size or default_batch_size(model)
 
     def validate(self) -> None:
         """Every option checked before any work (a bad loss must not surface hours into a sweep)."""
-        if not self.attacks:
-            raise ConfigError("no attack given; valid attacks: fgsm, bim, pgd, apgd, square, autoattack, vote, transfer")
+        specs = self.specs()  # none, a bad spec or one listed twice: ConfigError
         if not self.eps_values:
             raise ConfigError("no eps value given; pass e.g. --eps 0.1 or --eps 0:0.3:0.02")
-        specs = self.specs()
-        labels = [s.label for s in specs]
-        if len(set(labels)) != len(labels):
-            raise ConfigError(f"attack listed twice in {','.join(self.attacks)}; name each attack once")
-        if self.loss not in LOSS_NAMES:
-            raise ConfigError(f"unknown loss {self.loss!r}; valid losses: {', '.join(LOSS_NAMES)}")
         for spec in specs:
-            allowed = ATTACK_LOSSES.get(spec.name)
-            if allowed and self.loss not in allowed:
-                raise ConfigError(f"{spec.name} supports --loss {' or '.join(allowed)}, not {self.loss!r}")
+            check_attack_loss(spec.name, self.loss)
         if self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {self.steps}")
         for eps in self.eps_values:
-            if not (0.0 <= eps <= 1.0) or math.isnan(eps):
-                raise ConfigError(f"eps must be in [0, 1] (pixel units), got {eps}")
+            check_eps(eps)
         for mode in self.modes:
             if mode not in MODES:
                 raise ConfigError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
