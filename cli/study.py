@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -52,11 +53,17 @@ def study(data_dir: Path | None, mode: str, budget: str, seeds: int | None, out_
     """The whole study (help text in STUDY_HELP)."""
     from capsrobust.experiments.study import run_study
     from capsrobust.reporting.study import answers, write_study_report
+    from capsrobust.training import TrainingInterrupted
     from capsrobust_cli.viewpoint import command_line
 
     out = out_dir or Path("results") / f"study-{budget}"
-    result = run_study(out, budget=budget, seeds=seeds, data_dir=data_dir, mode=mode, reuse=reuse,
-                       train_runs=train_runs, progress=not no_progress, log=lambda m: click.echo(m, err=True))
+    try:
+        result = run_study(out, budget=budget, seeds=seeds, data_dir=data_dir, mode=mode, reuse=reuse,
+                           train_runs=train_runs, progress=not no_progress, log=lambda m: click.echo(m, err=True))
+    except (TrainingInterrupted, KeyboardInterrupt) as exc:
+        # Finished stages and the training state are on disk: nothing is lost.
+        click.echo(f"study interrupted ({exc or 'Ctrl-C'}); continue with the same command and --reuse", err=True)
+        sys.exit(130)
     paths = write_study_report(result, command=command_line(click.get_current_context(), out))
     if result.budget.smoke:
         click.echo("SMOKE RUN (--budget quick): not for conclusions.")

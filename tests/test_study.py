@@ -157,6 +157,19 @@ def test_killed_after_a_stage_and_rerun_it_continues_where_it_stopped(
     assert set(result.stages) == set(stage_names([0]))
 
 
+def test_cli_interrupted_says_how_to_continue(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              one_torch_thread: None) -> None:
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(study.STUDY_BUDGETS, "quick", TINY)
+    monkeypatch.setattr(study, "_stage_attack", killed)
+    result = CliRunner().invoke(cli, ["study", "--data-dir", str(data_dir), "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 130 and "study interrupted" in result.output and "--reuse" in result.output
+    assert "Traceback" not in result.output
+    assert load_stage(tmp_path, "match-seed0") is not None
+
+
 def test_train_runs_are_taken_read_only_instead_of_trained(first_run: tuple[Path, str], data_dir: Path,
                                                           tmp_path: Path) -> None:
     source = first_run[0] / "runs"
