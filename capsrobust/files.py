@@ -6,11 +6,17 @@ torn one. Checkpoints and every result table, plot and provenance record go thro
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["atomic_write_bytes"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "write_csv", "write_json"]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -30,3 +36,30 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8, trailing newline ensured) to ``path`` atomically."""
+    return atomic_write_bytes(path, (text if text.endswith("\n") else text + "\n").encode("utf-8"))
+
+
+def write_csv(table: "pd.DataFrame", path: str | os.PathLike[str]) -> Path:
+    """``table`` as CSV (no index; full float precision) written atomically."""
+    return atomic_write_text(path, table.to_csv(index=False))
+
+
+def write_json(path: str | os.PathLike[str], record: Any) -> Path:
+    """``record`` as indented JSON (NaN becomes null) written atomically."""
+    return atomic_write_text(path, json.dumps(_json_safe(record), indent=2))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -51,15 +51,7 @@ LAYER_OF = {
 
 #: Imports allowed to break the order for now: importer -> the modules it may still import from a
 #: higher layer (None: any), each with the issue that removes it. Keep this list short and shrinking.
-TEMPORARY_EXCEPTIONS: dict[str, frozenset[str] | None] = {
-    # Issue 15: another change is moving the viewpoint study's orchestration (training, reuse,
-    # reports) out of evaluation into experiments/ and reporting/; drop this entry once it is final.
-    "capsrobust.evaluation.viewpoint": None,
-    # Issue 15: the study saves its resumable stage results with reporting's atomic write_csv /
-    # write_json. Those writers are persistence, not reporting: move them to capsrobust.files
-    # (reporting re-exporting them) and drop this entry.
-    "capsrobust.experiments.study": frozenset({"capsrobust.reporting"}),
-}
+TEMPORARY_EXCEPTIONS: dict[str, frozenset[str] | None] = {}  # none left (issue 15)
 
 
 def _excepted(module: str, imported: str) -> bool:

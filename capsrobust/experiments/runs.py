@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from capsrobust.checkpoints import check_trained_on, load_checkpoint
+from capsrobust.checkpoints import load_model as load_checkpoint_model
 from capsrobust.data.prepared import PreparedData
 from capsrobust.errors import CheckpointError, ConfigError
-from capsrobust.training import TrainConfig, model_from_checkpoint, train
+from capsrobust.training import TrainConfig, train
 
 __all__ = ["RUN_KEYS", "device", "finished_run", "load_model", "train_or_reuse"]
 
@@ -34,10 +35,12 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The model a checkpoint file describes, weights loaded, in eval mode on :func:`device`, and the checkpoint."""
-    checkpoint = load_checkpoint(path)
-    return model_from_checkpoint(checkpoint).to(device()).eval(), checkpoint
+def load_model(path: str | Path, data: PreparedData, *, log: Callable[[str], None] | None = None
+               ) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a checkpoint file describes, checked against ``data`` and rebuilt by the one loader
+    (:func:`capsrobust.checkpoints.load_model`), in eval mode on :func:`device`, and the checkpoint."""
+    loaded = load_checkpoint_model(path, data=data, advice="choose another --out", log=log, device=device())
+    return loaded.model, loaded.checkpoint
 
 
 def train_or_reuse(config: TrainConfig, run_dir: Path, data: PreparedData, *, reuse: bool, progress: bool,

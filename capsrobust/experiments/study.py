@@ -52,10 +52,10 @@ from capsrobust.evaluation.robustness import SweepConfig, evaluate_robustness, s
 from capsrobust.evaluation.viewpoint import ViewTestSet, error_fraction, predict_classes
 from capsrobust.experiments.runs import finished_run, load_model, train_or_reuse
 from capsrobust.experiments.viewpoint import CNN, ViewpointBudget, ViewpointResult, viewpoint_experiment
+from capsrobust.files import write_csv, write_json
 from capsrobust.models import MODEL_NAMES, is_capsule_model
 from capsrobust.presets import resolve_preset
 from capsrobust.provenance import file_sha256
-from capsrobust.reporting import write_csv, write_json
 from capsrobust.training import TrainConfig, total_steps
 
 __all__ = ["SPLITS", "STUDY_BUDGETS", "StudyBudget", "StudyResult", "get_study_budget", "load_stage",
@@ -380,7 +380,7 @@ def _stage_train(context: _Context, seed: int, stage: str) -> dict[str, Any]:
             config = budget.train_config(model, data_dir=context.data_dir, mode=context.mode, seed=seed)
             action = train_or_reuse(config, run_dir, data, reuse=True, progress=context.progress, log=context.log)
         bar.update(1)
-        network, checkpoint = load_model(run_dir / "best.pt")
+        network, checkpoint = load_model(run_dir / "best.pt", data)
         predictions = predict_classes(network, test.images)
         models[model] = {
             "run": str(run_dir), "action": action, "best": str(run_dir / "best.pt"),
@@ -411,7 +411,7 @@ def _stage_match(context: _Context, seed: int, stage: str) -> dict[str, Any]:
     bar.close()
     matched_path = run_dir / "matched.pt"
     if matched_path.is_file():
-        _, checkpoint = load_model(matched_path)
+        _, checkpoint = load_model(matched_path, context.data)
         # matched.pt is saved at the first evaluation at or below the target: its error is that evaluation's.
         metrics = load_metrics(run_dir)
         row = metrics[metrics["step"] == int(checkpoint["step"])].iloc[0]
@@ -441,8 +441,8 @@ def _stage_attack(context: _Context, seed: int, stage: str, mode: str) -> dict[s
         return {"seed": seed, "mode": mode, "skipped": "no attacks in this budget"}
     n = budget.attack_images if mode == "untargeted" else budget.targeted_images
     images, labels, _ = sample_test_images(context.data, n, seed)
-    models = {budget.capsule_model: load_model(pair["capsules"]["checkpoint"])[0],
-              CNN: load_model(pair["cnn"]["checkpoint"])[0]}
+    models = {budget.capsule_model: load_model(pair["capsules"]["checkpoint"], context.data)[0],
+              CNN: load_model(pair["cnn"]["checkpoint"], context.data)[0]}
     config = SweepConfig(attacks=attacks, eps_values=budget.eps, modes=(mode,), steps=budget.attack_steps, seed=seed)
     bar = _bar(context, stage, sweep_cells(models, config))
     table, checks = evaluate_robustness(models, images, labels, config, dataset=context.data.describe(),

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from capsrobust.files import atomic_write_bytes
+from capsrobust.files import atomic_write_bytes, atomic_write_text, write_csv, write_json  # noqa: F401 (re-exported)
 
 
 def _cell(value: object, float_digits: int) -> str:
@@ -39,36 +39,7 @@ def to_markdown(table: pd.DataFrame, float_digits: int = 2) -> str:
     return "\n".join([line(columns), rule] + [line(r) for r in rows])
 
 
-# ----------------------------------------------------------------------------------------------
-# Files: every result file is written atomically (temp file in the same directory + os.replace),
-# so a crash or Ctrl-C leaves the previous version or the new one, never half a table.
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8, trailing newline ensured) to ``path`` atomically."""
-    return atomic_write_bytes(path, (text if text.endswith("\n") else text + "\n").encode("utf-8"))
-
-
-def write_csv(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """``table`` as CSV (no index; full float precision) written atomically."""
-    return atomic_write_text(path, table.to_csv(index=False))
-
-
-def write_json(path: str | os.PathLike[str], record: Any) -> Path:
-    """``record`` as indented JSON (NaN becomes null) written atomically."""
-    return atomic_write_text(path, json.dumps(_json_safe(record), indent=2))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+# Files: written atomically by capsrobust.files (re-exported here, where reports have always found them).
 
 
 def markdown_report(title: str, sections: list[tuple[str, str]], intro: str = "") -> str:
