@@ -58,7 +58,7 @@ class TrainConfig:
     epochs: float | None = None  # used when steps is None (default 10)
     batch_size: int = 32
     lr: float | None = None  # Adam; None: the preset's for this model (presets.Preset: 3e-3 capsules, 1e-3 cnn)
-    lr_decay: float = 0.96  # multiplied every lr_decay_every steps
+    lr_decay: float | None = None  # multiplied every lr_decay_every steps; None: the preset's (presets.Preset)
     lr_decay_every: int = 0  # 0: total_steps // 20 (the paper's 20k-step period, scaled to the run)
     weight_decay: float = 2e-7
     seed: int = 0
@@ -82,7 +82,7 @@ class TrainConfig:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if not 0 < self.lr_decay <= 1:
+        if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
             raise ConfigError(f"--lr-decay must be in (0, 1] (1: constant learning rate), got {self.lr_decay}")
         if self.target_familiar_error is not None and not 0 <= self.target_familiar_error <= 1:
             raise ConfigError(f"--target-familiar-error must be a fraction in [0, 1], got {self.target_familiar_error}")

@@ -28,8 +28,9 @@ from capsrobust_cli.errors import UserError
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=None,
               help="Adam learning rate at the start [default: 3e-3 capsule nets, 1e-3 cnn].")
-@click.option("--lr-decay", type=float, default=0.96, show_default=True,
-              help="Multiply the learning rate by this every 1/20 of the run (0.96: the paper's; 0.8 ends at 1/87).")
+@click.option("--lr-decay", type=float, default=None,
+              help="Multiply the learning rate by this every 1/20 of the run (0.96: the paper's; 0.8 ends at 1/87) "
+                   "[default: the preset's].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory [default: runs/MODEL-SPLIT-seedSEED].")
@@ -71,7 +72,7 @@ from capsrobust_cli.errors import UserError
               help="Evaluate on at most this many examples of each validation set (0: all).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (metrics are still printed and logged).")
 def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: int | None, epochs: float | None,
-          batch_size: int, lr: float | None, lr_decay: float, seed: int, out_dir: Path | None, resume: bool,
+          batch_size: int, lr: float | None, lr_decay: float | None, seed: int, out_dir: Path | None, resume: bool,
           target_familiar_error: float | None, eval_every: int, checkpoint_every: int,
           iterations: int | None, lambda_scale: float | None, conv_lambda_scale: float | None,
           routing_schedule: str | None,

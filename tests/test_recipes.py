@@ -62,6 +62,15 @@ def test_presets_differ_and_the_cnn_gets_no_capsule_options():
     assert cnn.model_overrides == {} and cnn.margin_schedule == "run"
 
 
+def test_learning_rate_decay_comes_from_the_preset_per_kind_of_model_and_an_explicit_one_wins():
+    assert resolve_preset(TrainConfig(model="capsules-small")).lr_decay == PRESETS["default"].capsule_lr_decay == 0.8
+    assert resolve_preset(TrainConfig(model="cnn")).lr_decay == PRESETS["default"].cnn_lr_decay == 0.96
+    assert resolve_preset(TrainConfig(model="capsules", preset="paper")).lr_decay == 0.96
+    assert resolve_preset(TrainConfig(model="capsules-small", lr_decay=0.5)).lr_decay == 0.5
+    with pytest.raises(ConfigError, match="--lr-decay must be in"):
+        TrainConfig(lr_decay=1.5).validate()
+
+
 def test_an_unknown_preset_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown --preset 'fast'"):
         resolve_preset(TrainConfig(preset="fast"))

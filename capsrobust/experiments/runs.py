@@ -26,7 +26,7 @@ from capsrobust.training import TrainConfig, train
 __all__ = ["RUN_KEYS", "device", "finished_run", "load_model", "train_or_reuse"]
 
 #: Settings a reused run must share with the experiment (besides the data, checked by the data guard).
-RUN_KEYS = ("model", "split", "mode", "seed", "steps", "epochs", "batch_size", "lr", "eval_every",
+RUN_KEYS = ("model", "split", "mode", "seed", "steps", "epochs", "batch_size", "lr", "lr_decay", "eval_every",
             "max_eval_examples", "target_familiar_error", "keep_checkpoints", "model_overrides")
 
 
