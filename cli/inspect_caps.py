@@ -64,7 +64,7 @@ def inspect_caps(checkpoint: Path, count: int, routing: bool, image_index: int |
 
     \b
     Examples:
-      capsrobust inspect results/train/capsules-small-lam1-seed0/best.pt
+      capsrobust inspect results/train/capsules-small-seed0/best.pt
       capsrobust inspect runs/caps/last.pt --n 128 --json
       capsrobust inspect runs/caps/best.pt --routing --per-class 16 --out results/inspect
       capsrobust inspect runs/caps/best.pt --routing --image 3

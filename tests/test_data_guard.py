@@ -179,7 +179,7 @@ def test_generator_version_is_not_bumped_while_checkpoints_record_no_recipe() ->
 def test_committed_checkpoints_are_accepted_on_this_machines_default_data() -> None:
     from capsrobust.evaluation.attack_data import load_attack_setup
 
-    root = Path(__file__).resolve().parent.parent / "results" / "train"
+    root = Path(__file__).resolve().parent.parent / "results" / "train" / "old-defaults"
     paths = [root / "capsules-small-lam1-seed0" / "best.pt", root / "cnn-matched-seed0" / "matched.pt"]
     setup = load_attack_setup(paths, None, n=8, seed=0)  # renders the default dataset on first use
     assert setup.data.dataset == "synthnorb" and len(setup.labels) == 8
