@@ -138,12 +138,7 @@ def _attack_answer(result: "StudyResult") -> Answer:
     line = (f"**{question}** (untargeted; success rate = share of correctly classified test images broken, per-example "
             f"worst case over {', '.join(attacks)}, averaged over "
             f"eps {', '.join(f'{e:g}' for e in eps)}): ")
-    if better == "neither":
-        line += f"**no clear difference**: {caps_model} {_pm(caps)} vs the CNN {_pm(cnn)}"
-    else:
-        line += (f"**{_who(better, caps_model)} is more robust** by {_points(abs(difference))} points: "
-                 f"{caps_model} {_pm(caps)} vs the CNN {_pm(cnn)}")
-    line += _spread_note(len(caps), spread)
+    line += _verdict("is more robust", better, difference, spread, caps, cnn, caps_model)
     reasons = []
     if not all(matched):
         reasons.append(f"the pair is clean-error-matched in {sum(matched)}/{len(matched)} seeds")
@@ -154,6 +149,17 @@ def _attack_answer(result: "StudyResult") -> Answer:
     line += (" Sanity checks: **HOLDS** for both models in every seed and mode; the pair is matched in every seed."
              if supported else f" **Not supported as it stands:** {'; '.join(reasons)}.")
     return Answer(question, better, line, supported)
+
+
+def _verdict(claim: str, better: str, difference: float, spread: float, caps: list[float], cnn: list[float],
+             caps_model: str) -> str:
+    """"who <claim> by how much: capsule mean ± std vs the CNN's", or "no clear difference", plus the spread note."""
+    if better == "neither":
+        text = f"**no clear difference**: {caps_model} {_pm(caps)} vs the CNN {_pm(cnn)}"
+    else:
+        text = (f"**{_who(better, caps_model)} {claim}** by {_points(abs(difference))} points: "
+                f"{caps_model} {_pm(caps)} vs the CNN {_pm(cnn)}")
+    return text + _spread_note(len(caps), spread)
 
 
 def _viewpoint_answer(result: "StudyResult", split: str) -> Answer:
@@ -170,12 +176,7 @@ def _viewpoint_answer(result: "StudyResult", split: str) -> Answer:
     better, difference, spread = compare(caps, cnn)
     matched = rows[rows["model"] == caps_model]["matched"].astype(bool)
     line = f"**{question}** (test error on the novel {split}s at matched familiar error, protocol `{VALIDATION}`): "
-    if better == "neither":
-        line += f"**no clear difference**: {caps_model} {_pm(caps)} vs the CNN {_pm(cnn)}"
-    else:
-        line += (f"**{_who(better, caps_model)} generalises better** by {_points(abs(difference))} points: "
-                 f"{caps_model} {_pm(caps)} vs the CNN {_pm(cnn)}")
-    line += _spread_note(len(caps), spread)
+    line += _verdict("generalises better", better, difference, spread, caps, cnn, caps_model)
     supported = bool(matched.all())
     line += (" The capsule net reached the CNN's familiar error in every seed." if supported else
              f" **Not supported as it stands:** the capsule net reached the CNN's familiar (validation) error in "
