@@ -38,8 +38,8 @@ CNN_LR = 1e-3
 PAPER_LR_DECAY = 0.96
 #: The default capsule nets' factor: 0.8 ends a run at 1/87 of the start. Over 30 epochs of capsules-small
 #: (two seeds each) it gave test error 17.6 +- 0.7 % against 18.6 +- 0.1 % at 0.96, a validation error that
-#: settles (9-12 % over the last ten epochs, against 6-14 %) and training error <= 2 % by epoch 14 instead of
-#: 26. The CNN keeps 0.96: at 0.8 its test error was higher (results/train/README.md).
+#: settles (9-12 % over the last ten epochs, against 6-14 %) and training error <= 2 % by epoch 16-17 instead
+#: of 26. The CNN keeps 0.96: at 0.8 its test error was higher (results/train/README.md).
 CAPSULE_LR_DECAY = 0.8
 
 
