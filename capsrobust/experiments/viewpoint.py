@@ -37,17 +37,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from capsrobust.checkpoints import load_checkpoint
-from capsrobust.data.prepared import prepare_data
+from capsrobust.data.prepared import PreparedData, prepare_data
 from capsrobust.errors import CheckpointError, ConfigError, DataError
 from capsrobust.evaluation.learning_curves import load_metrics
 from capsrobust.evaluation.viewpoint import (BIN_WIDTH, PAPER, VALIDATION, ViewTestSet, angular_distance_to_familiar,
                                              error_by_distance, error_fraction, load_view_test_set, predict_classes,
                                              select_matched_checkpoint, viewpoint_split)
-from capsrobust.experiments.runs import device, train_or_reuse
+from capsrobust.experiments.runs import load_model, train_or_reuse
 from capsrobust.models import MODEL_NAMES, is_capsule_model
 from capsrobust.provenance import file_sha256
-from capsrobust.training import model_from_checkpoint
 
 __all__ = ["BUDGETS", "CNN", "ViewpointBudget", "ViewpointResult", "ensure_extrapolation_set", "extrapolation_grid",
            "get_budget", "viewpoint_experiment"]
@@ -326,7 +324,7 @@ def viewpoint_experiment(
                                          n_train=n_train)
         runs.append({"run": str(cnn_dir), "model": CNN, "seed": seed,
                      "action": train_or_reuse(cnn_config, cnn_dir, data, reuse=reuse, progress=progress, log=log)})
-        cnn_best = load_checkpoint(cnn_dir / "best.pt")
+        cnn_model, cnn_best = load_model(cnn_dir / "best.pt", data)
         validation_target = float(cnn_best["best"]["validation_error"])
 
         caps_dir = out / "runs" / f"{capsule_model}-seed{seed}"
@@ -335,9 +333,9 @@ def viewpoint_experiment(
         runs.append({"run": str(caps_dir), "model": capsule_model, "seed": seed,
                      "action": train_or_reuse(caps_config, caps_dir, data, reuse=reuse, progress=progress, log=log)})
 
-        cnn_predictions = {"test": _predict(cnn_best, test.images)}
+        cnn_predictions = {"test": predict_classes(cnn_model, test.images)}
         if extra_set is not None:
-            cnn_predictions["extrapolation"] = _predict(cnn_best, extra_set.images)
+            cnn_predictions["extrapolation"] = predict_classes(cnn_model, extra_set.images)
         cnn_familiar_error = error_fraction(cnn_predictions["test"], test.labels, test.familiar)
 
         # Capsule candidates: every kept checkpoint, in training order.
@@ -350,7 +348,7 @@ def viewpoint_experiment(
                                   "choose another --out to train it again")
         validation_choice = select_matched_checkpoint(
             pd.DataFrame({"step": metrics["step"], "familiar_error": metrics["validation_error"]}), validation_target)
-        paper_choice = _match_on_test(candidate_steps, step_path, test, cnn_familiar_error)
+        paper_choice = _match_on_test(candidate_steps, step_path, test, cnn_familiar_error, data)
 
         trained_steps = {CNN: int(cnn_best["total_steps"])}
         cnn_path = cnn_dir / "best.pt"
@@ -360,11 +358,11 @@ def viewpoint_experiment(
         for name, choice in ((VALIDATION, validation_choice), (PAPER, paper_choice)):
             step = choice["step"]
             if step not in caps_predictions:
-                checkpoint = load_checkpoint(step_path[step])
+                caps_model, checkpoint = load_model(step_path[step], data)
                 trained_steps[capsule_model] = int(checkpoint["total_steps"])
-                caps_predictions[step] = {"test": _predict(checkpoint, test.images)}
+                caps_predictions[step] = {"test": predict_classes(caps_model, test.images)}
                 if extra_set is not None:
-                    caps_predictions[step]["extrapolation"] = _predict(checkpoint, extra_set.images)
+                    caps_predictions[step]["extrapolation"] = predict_classes(caps_model, extra_set.images)
             checkpoints.append({"role": f"{capsule_model} matched ({name})", "seed": seed, "path": str(step_path[step]),
                                 "step": step, "sha256": file_sha256(step_path[step])})
             cnn_matching_error = validation_target if name == VALIDATION else cnn_familiar_error
@@ -404,18 +402,14 @@ def viewpoint_experiment(
     )
 
 
-def _predict(checkpoint: dict[str, Any], images: torch.Tensor) -> np.ndarray:
-    """Centre-crop class predictions ``(N,)`` of a checkpoint's model on images ``(N, C, 48, 48)``."""
-    return predict_classes(model_from_checkpoint(checkpoint).to(device()), images)
-
-
-def _match_on_test(steps: list[int], step_path: dict[int, Path], test: ViewTestSet, target: float) -> dict[str, Any]:
+def _match_on_test(steps: list[int], step_path: dict[int, Path], test: ViewTestSet, target: float,
+                   data: PreparedData) -> dict[str, Any]:
     """The paper's protocol: familiar *test* error of each capsule checkpoint in training order, up to
     the first that reaches ``target`` (later ones cannot change the choice), then the matching rule."""
     familiar_images, familiar_labels = test.images[torch.as_tensor(test.familiar)], test.labels[test.familiar]
     seen = []
     for step in steps:
-        predictions = _predict(load_checkpoint(step_path[step]), familiar_images)
+        predictions = predict_classes(load_model(step_path[step], data)[0], familiar_images)
         seen.append({"step": step, "familiar_error": error_fraction(predictions, familiar_labels)})
         if seen[-1]["familiar_error"] <= target:
             break
