@@ -25,13 +25,15 @@ checkpoint as they go; rerun with --reuse and finished stages are skipped, inter
 resumed. --budget quick (a smoke run, minutes on 2 cores; its report says so) or full (the real
 study: capsules-small 30 epochs, the CNN 20, as results/train/ trained them). --train-runs DIR
 takes the full-split trainings from DIR/<capsule model>-seed<k>/ and DIR/cnn-seed<k>/ (finished
-runs, read only, checked against the data) instead of training them.
+runs, read only, checked against the data) instead of training them. --readme FILE copies the
+answers into FILE between '<!-- study-headline:start -->' and '<!-- study-headline:end -->'.
 
 \b
 Examples:
   capsrobust study --budget quick --out results/study-quick        # smoke run, minutes
   capsrobust study --budget full --train-runs results/train --out results/study
   capsrobust study --budget full --out results/study --reuse       # continue after a kill
+  capsrobust study --budget full --train-runs results/train --out results/study --reuse --readme README.md
   capsrobust study --data-dir ~/smallnorb --mode mono --seeds 3 --budget full
 """
 
@@ -47,16 +49,20 @@ Examples:
 @click.option("--reuse", is_flag=True, help="Continue the study in OUT: skip finished stages, resume trainings.")
 @click.option("--train-runs", type=click.Path(path_type=Path), default=None,
               help="Take the full-split trainings (finished runs, read only) from this directory, e.g. results/train.")
+@click.option("--readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also copy the report's answers into this file, between its study-headline markers.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def study(data_dir: Path | None, mode: str, budget: str, seeds: int | None, out_dir: Path | None, reuse: bool,
-          train_runs: Path | None, no_progress: bool) -> None:
+          train_runs: Path | None, readme: Path | None, no_progress: bool) -> None:
     """The whole study (help text in STUDY_HELP)."""
     from capsrobust.experiments.study import run_study
-    from capsrobust.reporting.study import answers, write_study_report
+    from capsrobust.reporting.study import answers, check_headline_markers, copy_headline, write_study_report
     from capsrobust.training import TrainingInterrupted
     from capsrobust_cli.viewpoint import command_line
 
     out = out_dir or Path("results") / f"study-{budget}"
+    if readme is not None:
+        check_headline_markers(readme)  # before the study, not after it
     try:
         result = run_study(out, budget=budget, seeds=seeds, data_dir=data_dir, mode=mode, reuse=reuse,
                            train_runs=train_runs, progress=not no_progress, log=lambda m: click.echo(m, err=True))
@@ -71,3 +77,5 @@ def study(data_dir: Path | None, mode: str, budget: str, seeds: int | None, out_
         click.echo(f"- {answer.line}")
     click.echo(f"wrote {', '.join(p.name for p in paths[:3])} and {len(paths) - 3} figures to {out} "
                f"({result.seconds:.0f} s)")
+    if readme is not None:
+        click.echo(f"copied the answers into {copy_headline(readme, out)}")

@@ -15,7 +15,7 @@ from capsrobust.experiments import study
 from capsrobust.experiments.study import StudyBudget, load_stage, run_study, stage_names
 from capsrobust.experiments.viewpoint import ViewpointBudget
 from capsrobust.paths import CACHE_ENV
-from capsrobust.reporting.study import MIN_GAP, compare
+from capsrobust.reporting.study import HEADLINE_END, HEADLINE_START, MIN_GAP, compare
 from capsrobust_cli.main import cli
 from tests.conftest import write_dataset
 from tests.test_cli_data import assert_one_line_error
@@ -199,6 +199,34 @@ def test_reuse_with_other_settings_is_refused(first_run: tuple[Path, str], data_
     result = CliRunner().invoke(cli, ["study", "--data-dir", str(data_dir), "--out", str(out), "--reuse",
                                       "--budget", "full", "--no-progress"])
     assert_one_line_error(result, "other budget", "same options")
+
+
+def test_readme_gets_the_answers_between_its_markers_and_nothing_else(first_run: tuple[Path, str], data_dir: Path,
+                                                                     tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    out, _ = first_run
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{HEADLINE_START}\nstale headline\n{HEADLINE_END}\nafter\n")
+    monkeypatch.setitem(study.STUDY_BUDGETS, "quick", TINY)
+    args = ["study", "--data-dir", str(data_dir), "--out", str(out), "--no-progress", "--reuse", "--readme", str(readme)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n" + HEADLINE_START) and text.endswith(HEADLINE_END + "\nafter\n")
+    assert "stale headline" not in text
+    answers = json.loads((out / "provenance.json").read_text())["answers"]
+    assert len(answers) == 3 and all(f"- {a['line']}" in text for a in answers)
+    assert "smoke run" in text and f"{out.as_posix()}/REPORT.md" in text
+    assert CliRunner().invoke(cli, args).exit_code == 0 and readme.read_text() == text  # idempotent
+
+
+def test_readme_without_markers_is_refused_before_any_work(data_dir: Path, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers here\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["study", "--data-dir", str(data_dir), "--out", str(out), "--readme", str(readme)])
+    assert_one_line_error(result, "study-headline", "markers")
+    assert not out.exists() and readme.read_text() == "# no markers here\n"
 
 
 @pytest.mark.parametrize(("args", "fragments"), [

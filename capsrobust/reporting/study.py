@@ -32,10 +32,14 @@ from capsrobust.reporting.viewpoint import (PAPER_TABLE2_HEADING, distance_shown
 if TYPE_CHECKING:
     from capsrobust.experiments.study import StudyResult
 
-__all__ = ["MIN_GAP", "Answer", "answers", "compare", "write_study_report"]
+__all__ = ["HEADLINE_END", "HEADLINE_START", "MIN_GAP", "Answer", "answers", "check_headline_markers", "compare",
+           "copy_headline", "write_study_report"]
 
 #: The smallest difference (fraction: 2 points) between two means the report calls a difference.
 MIN_GAP = 0.02
+#: The markers around the study headline in a README (:func:`copy_headline` replaces what is between them).
+HEADLINE_START = "<!-- study-headline:start -->"
+HEADLINE_END = "<!-- study-headline:end -->"
 SMOKE = ("Smoke run (--budget quick): tiny trainings and attacks to check that everything runs; "
          "the numbers are not for conclusions.")
 
@@ -372,3 +376,48 @@ def write_study_report(result: "StudyResult", out_dir: str | os.PathLike[str] | 
              atomic_write_text(out / "REPORT.md", doc.markdown(out)),
              atomic_write_text(out / "report.html", doc.html())]
     return paths + sorted(figures.glob("*.png"))
+
+
+def check_headline_markers(readme: str | os.PathLike[str]) -> str:
+    """The text of ``readme`` if it holds :data:`HEADLINE_START` before :data:`HEADLINE_END`; else a
+    one-line :class:`~capsrobust.errors.ConfigError` (checked before a study starts, not after it)."""
+    from capsrobust.errors import ConfigError
+
+    readme = Path(readme)
+    if not readme.is_file():
+        raise ConfigError(f"--readme {readme}: no such file")
+    text = readme.read_text()
+    start, end = text.find(HEADLINE_START), text.find(HEADLINE_END)
+    if start < 0 or end < start:
+        raise ConfigError(f"--readme {readme}: no '{HEADLINE_START}' ... '{HEADLINE_END}' markers; add them "
+                          "where the headline should go")
+    return text
+
+
+def copy_headline(readme: str | os.PathLike[str], report_dir: str | os.PathLike[str]) -> Path:
+    """Copy the answers of the study report in ``report_dir`` (from its ``provenance.json``) into
+    ``readme`` between :data:`HEADLINE_START` and :data:`HEADLINE_END`, atomically; the rest of the
+    file is untouched. The block names the report, dataset, budget, seeds and commit.
+
+    Raises: :class:`~capsrobust.errors.ConfigError` (one line) if the report or the markers are missing.
+    """
+    import json
+
+    from capsrobust.errors import ConfigError
+
+    readme, report_dir = Path(readme), Path(report_dir)
+    source = report_dir / "provenance.json"
+    if not source.is_file():
+        raise ConfigError(f"{source}: no study report there; run capsrobust study --out {report_dir} first")
+    record = json.loads(source.read_text())
+    text = check_headline_markers(readme)
+    start, end = text.find(HEADLINE_START), text.find(HEADLINE_END)
+    smoke = " — a smoke run, not for conclusions" if record["budget"].get("smoke") else ""
+    lines = [HEADLINE_START,
+             f"From [`{report_dir.as_posix()}/REPORT.md`]({report_dir.as_posix()}/REPORT.md) ({record['dataset']}, "
+             f"{record['mode']}; budget `{record['budget']['name']}`{smoke}; seeds "
+             f"{', '.join(map(str, record['seeds']))}; commit `{record['commit'][:7]}`), copied by "
+             "`capsrobust study --readme`:", ""]
+    lines += [f"- {answer['line']}" for answer in record["answers"]]
+    block = "\n".join(lines) + "\n"
+    return atomic_write_text(readme, text[:start] + block + text[end:])
