@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from capsrobust.attacks import ATTACK_NAMES, LOSS_NAMES, parse_attack_spec, parse_attack_specs, parse_eps
 from capsrobust.errors import ConfigError
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from capsrobust.evaluation.attack_data import AttackSetup
-    from capsrobust.evaluation.robustness import SweepConfig
 
 ATTACK_HELP = f"""\
 Attack a capsule net and the CNN with ATTACK at every --eps and tabulate the results side by side.
@@ -122,6 +115,7 @@ def attack(attack_list: str, eps_text: str, targeted: bool, models_text: str | N
            no_progress: bool) -> None:
     from capsrobust.evaluation.attack_data import check_image_count, find_default_checkpoints, load_attack_setup
     from capsrobust.evaluation.robustness import SweepConfig, check_models, evaluate_robustness, sweep_cells
+    from capsrobust.reporting.attacks import attack_report_text, write_attack_report
 
     attacks = parse_attacks(attack_list)
     eps_values = parse_eps(eps_text)
@@ -155,82 +149,6 @@ def attack(attack_list: str, eps_text: str, targeted: bool, models_text: str | N
         table, checks = evaluate_robustness(setup.models, setup.images, setup.labels, config,
                                             dataset=setup.dataset, progress=progress)
     wall = time.monotonic() - started
-    _report(table, checks, setup, config, out, wall)
-
-
-def _report(table: pd.DataFrame, checks: pd.DataFrame, setup: AttackSetup, config: SweepConfig, out: Path,
-            wall: float) -> None:
-    """Terminal tables and the files in ``out`` (each written atomically)."""
-    from capsrobust.plots import plot_accuracy_vs_eps, plot_targeted_success
-    from capsrobust.provenance import provenance
-    from capsrobust.reporting import (atomic_write_text, markdown_report, sweep_pivot, to_markdown, write_csv,
-                                      write_json)
-
-    gradients = checks.attrs["gradients"]
-    # Gradient magnitudes span decades (1e-7 on a capsule net): scientific notation, not "0".
-    gradient_view = gradients.assign(mean_abs_gradient=gradients.mean_abs_gradient.map("{:.3g}".format))
-    pivot = sweep_pivot(table)
-    sections = [("Adversarial error per model", to_markdown(pivot, 3))]
-    if "targeted" in config.modes:
-        success = sweep_pivot(table[table["mode"] == "targeted"], "attack_success_rate")
-        sections.append(("Targeted success per model (4 wrong classes)", to_markdown(success, 3)))
-    clean = ", ".join(f"{m} {e:.3f}" for m, e in table.groupby("model", sort=False).clean_error.first().items())
-    scores = ", ".join(f"{m}: {s}" for m, s in table.groupby("model", sort=False).score.first().items())
-    specs = [parse_attack_spec(a) for a in config.attacks]
-    notes = ""
-    if any(s.name == "vote" for s in specs):
-        notes += (" vote: PGD on the class activations of one EM M-step over the class votes (uniform "
-                  "assignments, routing bypassed), capsule nets only; success judged by the real model.")
-    if any(s.name == "autoattack" for s in specs):
-        notes += (" autoattack: torchattacks' standard version (APGD-CE, APGD-T, FAB-T, Square), on the same "
-                  "scores as the other attacks.")
-    intro = (f"{len(setup.labels)} familiar test images (seed {config.seed}), loss {config.loss}, "
-             f"{config.steps} steps unless the attack names its own; scores attacked: {scores}; clean error: "
-             f"{clean}. eps in pixel units of images in [0, 1]; eps_std in per-image-standardised units. Images "
-             f"wrong on the clean input count as broken; an image counts as broken if any iterate broke it. "
-             f"Targeted success averages the 4 wrong classes.{notes}")
-    is_verdict = checks.check == "verdict"
-    status = checks[~is_verdict].status.value_counts()
-    summary = ", ".join(f"{status.get(s, 0)} {s}" for s in ("PASS", "FAIL", "SKIP"))
-    verdict_lines = "\n".join(f"- **{r.model}: {r.status}** -- {r.detail}"
-                               for r in checks[is_verdict].itertuples(index=False))
-
-    click.echo(f"\n# Adversarial robustness: {setup.dataset}\n\n{intro}")
-    for heading, body in sections:
-        click.echo(f"\n## {heading}\n\n{body}")
-    click.echo(f"\n## Sanity checks ({summary})\n\n{verdict_lines}\n\n" + to_markdown(checks.drop(columns=["dataset"]), 3))
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(table, out / "sweep.csv")
-    write_csv(checks, out / "checks.csv")
-    write_csv(gradients, out / "gradients.csv")
-    write_json(out / "provenance.json", provenance(
-        dataset=setup.data.dataset, mode=setup.data.mode, split=setup.data.split, dataset_checksum=setup.data.checksum,
-        checkpoints=[c.record() for c in setup.checkpoints], attacks=list(config.attacks), modes=list(config.modes),
-        eps=list(config.eps_values), loss=config.loss, steps=config.steps, seed=config.seed, n=len(setup.labels),
-        batch_sizes=table.attrs.get("batch_sizes"), savings=config.savings,
-        scores=dict(table.groupby("model", sort=False).score.first()),
-        mean_image_std=table.attrs.get("mean_image_std"), wall_time_s=round(wall, 2),
-        attack_seconds={f"{m} {a}": round(float(s), 2) for (m, a), s in
-                        table[table.attack != "worst-case"].groupby(["model", "attack"], sort=False).seconds.sum().items()},
-        verdicts={r.model: f"{r.status}: {r.detail}" for r in checks[is_verdict].itertuples(index=False)},
-    ))
-    atomic_write_text(out / "sweep.md", markdown_report(
-        f"Adversarial robustness: {setup.dataset}",
-        sections + [("Every cell", to_markdown(table, 4))],
-        intro=intro))
-    atomic_write_text(out / "checks.md", markdown_report(
-        f"Sanity checks (Carlini et al. 2019): {setup.dataset}",
-        [(f"Checks ({summary})", f"{verdict_lines}\n\n" + to_markdown(checks, 3)),
-         ("Input gradients at the clean images", to_markdown(gradient_view, 3))],
-        intro=intro))
-    if "untargeted" in config.modes:
-        plot_accuracy_vs_eps(table, out / "accuracy_vs_eps.png", dataset=setup.dataset)
-    success_plot = out / "success_vs_eps.png"
-    if "targeted" in config.modes:
-        plot_targeted_success(table, success_plot, dataset=setup.dataset)
-    elif success_plot.exists():
-        success_plot.unlink()  # left by an earlier --targeted run: it would no longer match sweep.csv
-    click.echo(f"\nwrote {out}/: sweep.csv, sweep.md, checks.csv, checks.md, gradients.csv, provenance.json, "
-               f"accuracy_vs_eps.png" + (", success_vs_eps.png" if "targeted" in config.modes else "")
-               + f" ({wall:.0f} s)")
+    click.echo(attack_report_text(table, checks, setup, config))
+    written = write_attack_report(table, checks, setup, config, out, wall_time_s=wall)
+    click.echo(f"\nwrote {out}/: {', '.join(p.name for p in written)} ({wall:.0f} s)")
