@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import click
-import pandas as pd
 
 BENCH_HELP = """\
 Measure speed and memory on this machine.
@@ -39,11 +38,6 @@ Examples:
 """
 
 
-def _records(table: pd.DataFrame) -> list[dict]:
-    """Rows as dicts with NaN as null, so the output is strict JSON."""
-    return json.loads(table.to_json(orient="records"))
-
-
 @click.group(help=BENCH_HELP)
 def bench() -> None:
     """Benchmark commands (help text in BENCH_HELP)."""
@@ -64,7 +58,7 @@ def models(as_json: bool, quick: bool, steps: int | None, threads: int | None, u
            out_dir: Path | None, train_batch: int, infer_batch: int, routing_batch: int | None) -> None:
     """Training/inference images/s and peak RSS per model, and EM routing fast vs stored vs straightforward."""
     from capsrobust.bench import bench_models, bench_routing
-    from capsrobust.reporting import to_markdown
+    from capsrobust.reporting.bench import bench_models_record, bench_models_text, write_bench_models
 
     steps = steps or (1 if quick else 3)
     model_table = bench_models(
@@ -72,29 +66,12 @@ def models(as_json: bool, quick: bool, steps: int | None, threads: int | None, u
         straightforward_batch=min(4 if quick else 8, train_batch), threads=threads, compile=use_compile,
     )
     routing_table = bench_routing(routing_batch or (2 if quick else 8), steps=steps, threads=threads)
-    records = {"models": _records(model_table), "routing": _records(routing_table)}
-    sections = [("Models", to_markdown(model_table)),
-                ("EM routing alone (ConvCaps1 of `capsules`, votes included, 3 iterations)", to_markdown(routing_table))]
     if out_dir is not None:
-        _write_bench(out_dir, records, sections)
+        write_bench_models(out_dir, model_table, routing_table)
     if as_json:
-        click.echo(json.dumps(records, indent=2))
+        click.echo(json.dumps(bench_models_record(model_table, routing_table), indent=2))
         return
-    click.echo("\n\n".join(f"## {heading}\n\n{body}" for heading, body in sections))
-
-
-def _write_bench(out_dir: Path, records: dict, sections: list[tuple[str, str]]) -> None:
-    """models.md / models.json / provenance.json, each written atomically."""
-    from capsrobust.provenance import cpu_model, provenance
-    from capsrobust.reporting import markdown_report, write_json, atomic_write_text
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    intro = ("Written by `capsrobust bench models` (exact command, commit and CPU in provenance.json). "
-             "Random inputs: no dataset is involved. Ratios come from one run on one machine.")
-    atomic_write_text(out_dir / "models.md", markdown_report("capsrobust bench models", sections, intro))
-    write_json(out_dir / "models.json", records)
-    write_json(out_dir / "provenance.json", provenance(cpu=cpu_model(),
-                                                      torch_threads=records["models"][0]["threads"]))
+    click.echo(bench_models_text(model_table, routing_table))
 
 
 LEARNING_HELP = """\
@@ -155,56 +132,27 @@ def learning(variants: tuple[str, ...], mode: str, n_images: int, steps: int | N
     """Learning probe (help text in LEARNING_HELP)."""
     from capsrobust.data.prepared import prepare_data
     from capsrobust.experiments.learning_probe import parse_variant, probe_full, probe_subset
-
     from capsrobust.provenance import cpu_model, provenance
+    from capsrobust.reporting.bench import (learning_heading, learning_record, learning_settings, learning_text,
+                                            write_learning_report)
 
     started = provenance(cpu=cpu_model())  # the commit that runs, taken before the (long) run
     parsed = [parse_variant(spec) for spec in (variants or ("capsules-small", "capsules-small@paper", "cnn"))]
     data = prepare_data(data_dir, "full", data_mode)
+    steps = steps or (300 if mode == "subset" else 1500)
     if mode == "subset":
-        steps = steps or 300
         curves, summary = probe_subset(parsed, data, n=n_images, steps=steps, check_every=check_every, seed=seed,
                                        batch_size=batch_size, lr=lr, progress=not no_progress)
-        settings = f"{n_images} fixed training images, centre crops, no augmentation, {steps} steps, batch {batch_size}, lr {lr or 'preset'}, seed {seed}"
     else:
-        steps = steps or 1500
         curves, summary = probe_full(parsed, data, runs_dir, steps=steps, eval_every=eval_every,
                                      max_eval_examples=max_eval_examples, seed=seed, batch_size=batch_size, lr=lr,
                                      resume=resume, progress=not no_progress, log=lambda m: click.echo(m, err=True))
-        settings = (f"full training set with augmentation, {steps} steps, batch {batch_size}, lr {lr or 'preset'}, seed {seed}; "
-                    f"validation error on {max_eval_examples or 'all'} held-out-toy images every {eval_every} steps")
-    heading = f"Learning probe, {mode} mode: {data.describe()}; {settings}"
+    settings = learning_settings(mode, n_images=n_images, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                                 eval_every=eval_every, max_eval_examples=max_eval_examples)
+    heading = learning_heading(mode, data, settings)
     if out_dir is not None:
-        _write_learning(out_dir, mode, curves, summary, heading, data, started)
+        write_learning_report(out_dir, mode, curves, summary, heading, data, started)
     if as_json:
-        click.echo(json.dumps({"mode": mode, "settings": settings, "dataset": data.dataset, "data_mode": data.mode,
-                               "summary": _records(summary), "curves": _records(curves)}, indent=2))
+        click.echo(json.dumps(learning_record(mode, settings, data, summary, curves), indent=2))
         return
-    from capsrobust.reporting import to_markdown
-
-    click.echo(f"{heading}\n\n{to_markdown(summary, float_digits=3)}")
-
-
-def _write_learning(out_dir: Path, mode: str, curves: pd.DataFrame, summary: pd.DataFrame, heading: str,
-                    data: object, started: dict) -> None:
-    """learning.md / curves.csv / summary.csv / learning.json / learning.png / provenance.json, atomically."""
-    from capsrobust.plots import plot_probe_curves
-    from capsrobust.reporting import atomic_write_text, markdown_report, to_markdown, write_csv, write_json
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(curves, out_dir / "curves.csv")
-    write_csv(summary, out_dir / "summary.csv")
-    write_json(out_dir / "learning.json", {"mode": mode, "summary": _records(summary), "curves": _records(curves)})
-    if mode == "subset":
-        plot_probe_curves(curves, out_dir / "learning.png", x="step", y="train_accuracy", xlabel="step",
-                          ylabel="accuracy on the fixed training subset", title=heading, target=0.95)
-    else:
-        plot_probe_curves(curves.assign(seconds=curves["seconds"] / 60), out_dir / "learning.png", x="seconds",
-                          y="validation_error", xlabel="training wall time (minutes, evaluations excluded)",
-                          ylabel="validation error", title=heading)
-    intro = (f"Written by `capsrobust bench learning` (exact command, commit, CPU in provenance.json). {heading}.\n\n"
-             "![learning curves](learning.png)")
-    atomic_write_text(out_dir / "learning.md", markdown_report("capsrobust bench learning", [
-        ("Summary", to_markdown(summary, float_digits=3)), ("Curves", to_markdown(curves, float_digits=3))], intro))
-    write_json(out_dir / "provenance.json", {**started, "dataset": data.dataset, "data_mode": data.mode,
-                                             "dataset_checksum": data.checksum, "mode": mode})
+    click.echo(learning_text(heading, summary))
