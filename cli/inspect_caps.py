@@ -8,10 +8,6 @@ from pathlib import Path
 
 import click
 
-TRAINED_ON_ALL_VIEWS = ("The models were trained on all views (full split): 'novel' here means the views the "
-                        "azimuth / elevation protocol would hold out; the probe is fitted on that protocol's "
-                        "familiar training views only.")
-
 
 @click.command("inspect")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
@@ -126,14 +122,6 @@ def inspect_caps(checkpoint: Path, count: int, routing: bool, image_index: int |
         _reconstruct(checkpoint, data, model, prepared, decoder_steps, decoder_seconds, out, header)
 
 
-def _checkpoint_record(path: Path, data: dict) -> dict:
-    from capsrobust.provenance import file_sha256
-
-    return {"path": str(path), "sha256": file_sha256(path), "model": data["model"], "step": data["step"],
-            "seed": data["config"].get("seed"), "split": data["split"], "dataset": data["dataset"],
-            "mode": data["mode"], "dataset_checksum": data["dataset_checksum"]}
-
-
 def _validation_choice(prepared, image_index: int | None, per_class: int):
     """(images, labels, indices into the validation set): one image, or K per class of a fixed shuffle."""
     import torch
@@ -151,61 +139,38 @@ def _validation_choice(prepared, image_index: int | None, per_class: int):
     return images[chosen], labels[chosen], chosen
 
 
-def _routing(checkpoint, data, model, prepared, image_index, per_class, out, header) -> None:
-    import pandas as pd
+def _wrote(paths: list[Path]) -> str:
+    """``wrote DIR/FIRST, SECOND, ...``: the first file with its directory, the rest by name."""
+    return f"wrote {paths[0]}, {', '.join(p.name for p in paths[1:])}"
 
+
+def _routing(checkpoint, data, model, prepared, image_index, per_class, out, header) -> None:
     from capsrobust.data.transforms import center_crop
     from capsrobust.evaluation.routing_stats import inspect_routing
-    from capsrobust.provenance import provenance
-    from capsrobust.reporting import atomic_write_text, to_markdown, write_csv, write_json
+    from capsrobust.reporting.inspection import routing_subject, routing_text, write_routing_report
 
-    start = time.perf_counter()
+    started = time.perf_counter()
     images, labels, chosen = _validation_choice(prepared, image_index, per_class)
     records, class_table, conv_table = inspect_routing(model, center_crop(images), labels)
-    what = (f"validation image {image_index} (class {int(labels[0])})" if image_index is not None
-            else f"{per_class} validation images per class")
-    distance = class_table.pivot_table(index=["class_capsule", "whose"], columns="iteration", values="mean_distance")
-    share = class_table.pivot_table(index=["class_capsule", "whose"], columns="iteration", values="weight_share")
-    wide = pd.concat([distance.add_prefix("distance it"), share.add_prefix("share it")], axis=1).reset_index()
-    click.echo(f"{header}: routing on {what}")
-    click.echo("Class capsules: assignment-weighted mean distance ||vote - mean|| and share of the child "
-               "activation mass (sum_i R_ij a_i / sum_i a_i) per iteration")
-    click.echo(to_markdown(wide, float_digits=3))
-    click.echo("\nConvolutional capsule layers (weighted mean distance, mean over positions, types and images)")
-    click.echo(to_markdown(conv_table, float_digits=3))
-    if out is None:
-        return
-    stem = f"routing-image{image_index}" if image_index is not None else "routing"
-    from capsrobust.inspect_plots import plot_routing_histograms
-
-    plot_routing_histograms(records, labels, out / f"{stem}.png",
-                            title=f"{data['model']} step {data['step']}, {what}: distance of each class capsule's "
-                                  "votes to its mean, weighted by R_ij a_i (colour: images of that class)")
-    write_csv(class_table, out / f"{stem}-class.csv")
-    write_csv(conv_table, out / f"{stem}-conv.csv")
-    atomic_write_text(out / f"{stem}.md",
-                      f"# Routing, {header}\n\n{what}.\n\n## Class capsules: weighted mean distance and share of "
-                      f"the child activation mass per iteration\n\n{to_markdown(wide, float_digits=3)}\n\n## Convolutional capsule layers\n\n"
-                      f"{to_markdown(conv_table, float_digits=3)}\n\nWeights R_ij a_i of the M-step of each "
-                      "iteration (iteration 1: uniform R); distances to the mean that M-step computes. Written by "
-                      f"the command in {stem}.json.\n")
-    write_json(out / f"{stem}.json", provenance(checkpoint=_checkpoint_record(checkpoint, data),
-                                                validation_indices=[int(i) for i in chosen],
-                                                seconds=round(time.perf_counter() - start, 1)))
-    click.echo(f"wrote {out / (stem + '.png')}, {stem}.md, {stem}-class.csv, {stem}-conv.csv, {stem}.json")
+    what = routing_subject(image_index, per_class, labels)
+    click.echo(routing_text(header, what, class_table, conv_table))
+    if out is not None:
+        click.echo(_wrote(write_routing_report(
+            out, checkpoint_path=checkpoint, checkpoint=data, header=header, what=what, image_index=image_index,
+            records=records, labels=labels, class_table=class_table, conv_table=conv_table, indices=chosen,
+            started=started)))
 
 
 def _pose_probe(loaded, prepared, probe_images, out, header) -> None:
     import numpy as np
-    import pandas as pd
 
     from capsrobust.data.transforms import center_crop
     from capsrobust.evaluation.pose_probe import probe_features, probe_sample, viewpoint_probe_table
     from capsrobust.models import is_capsule_model
-    from capsrobust.provenance import provenance
-    from capsrobust.reporting import atomic_write_text, to_markdown, write_csv, write_json
+    from capsrobust.reporting.inspection import (combine_probe_tables, label_probe_table, pose_probe_text,
+                                                 write_pose_probe_report)
 
-    start = time.perf_counter()
+    started = time.perf_counter()
     splits = ("full", "azimuth", "elevation")
     train_rows, test_rows = probe_sample(prepared, splits, *probe_images)
     train_images = center_crop(prepared.images["training"][train_rows])
@@ -224,47 +189,18 @@ def _pose_probe(loaded, prepared, probe_images, out, header) -> None:
             train_x = probe_features(model, train_images, capsule_features=kind)
             test_x = probe_features(model, test_images, capsule_features=kind)
         table = viewpoint_probe_table(train_x, test_x, prepared, train_rows, test_rows, splits)
-        trained_on = None if data is None else data["split"]
-        features = ("none (fit-set mean)" if kind == "constant" else "pixels" if data is None else "penultimate (1024)" if not is_capsule_model(data["model"])
-                    else "winning class pose (16)" if kind == "winning" else "masked class poses (5x16)")
-        table.insert(0, "model", kind if data is None and kind == "constant" else "pixels" if data is None
-                     else data["model"])
-        table.insert(1, "seed", None if data is None else data["config"].get("seed"))
-        table.insert(2, "features", features)
-        table.insert(3, "trained_on", trained_on)
-        tables.append(table)
-    table = pd.concat(tables, ignore_index=True)
-    shown = table.drop(columns=["r2_cos_azimuth", "r2_sin_azimuth", "fit_images"])
-    spread = (table.groupby(["model", "features", "split", "views"], sort=False)
-              [["r2_mean", "r2_elevation", "azimuth_error_deg", "elevation_error_deg"]]
-              .agg(["mean", "std", "count"]))
-    spread.columns = [f"{a}_{b}" for a, b in spread.columns]
-    spread = spread.reset_index()
-    click.echo(f"Pose probe: {prepared.describe()}, {len(train_rows)} training-file / {len(test_rows)} "
-               f"testing-file images")
-    click.echo(to_markdown(shown, float_digits=3))
-    if any(one.checkpoint["split"] == "full" for one in loaded):
-        click.echo(TRAINED_ON_ALL_VIEWS)
-    if out is None:
-        return
-    write_csv(table, out / "pose-probe.csv")
-    write_csv(spread, out / "pose-probe-seeds.csv")
-    atomic_write_text(out / "pose-probe.md",
-                      f"# Pose probe, {prepared.describe()}\n\n{TRAINED_ON_ALL_VIEWS}\n\n"
-                      f"{to_markdown(shown, float_digits=3)}\n\n## Mean, std and count over seeds\n\n"
-                      f"{to_markdown(spread, float_digits=3)}\n\nRidge probe on standardised features -> (cos az, "
-                      "sin az, elevation in degrees), alpha chosen on familiar views of the held-out validation "
-                      "toys. R^2 per test subset (relative to that subset's own mean); r2_mean averages the three "
-                      "targets. azimuth_error_deg: mean |angle of predicted (cos, sin) - true azimuth|; "
-                      "elevation_error_deg: mean |error|. constant: no features, the probe predicts the fitting set's "
-                      "mean (what knowing nothing scores). pixels: the probe on raw centre-crop pixels. Split full: "
-                      "the probe fitted on every view and scored on all test views. Written by "
-                      "the command in pose-probe.json.\n")
-    write_json(out / "pose-probe.json", provenance(
-        checkpoints=[_checkpoint_record(one.path, one.checkpoint) for one in loaded], dataset=prepared.describe(),
-        dataset_checksum=prepared.checksum, training_file_rows=len(train_rows), testing_file_rows=len(test_rows),
-        note=TRAINED_ON_ALL_VIEWS, seconds=round(time.perf_counter() - start, 1)))
-    click.echo(f"wrote {out / 'pose-probe.md'}, pose-probe.csv, pose-probe-seeds.csv, pose-probe.json")
+        tables.append(label_probe_table(table, data, kind))
+    table = combine_probe_tables(tables)
+    click.echo(pose_probe_text(table, prepared, training_rows=len(train_rows), testing_rows=len(test_rows),
+                               trained_on_all_views=any(one.checkpoint["split"] == "full" for one in loaded)))
+    if out is not None:
+        click.echo(_wrote(write_pose_probe_report(
+            out, table, prepared, checkpoints=[(one.path, one.checkpoint) for one in loaded],
+            training_rows=len(train_rows), testing_rows=len(test_rows), started=started)))
+
+
+#: Where each pose entry is moved, in standard deviations of that entry over the fitting images.
+TRAVERSAL_STEPS = (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
 
 
 def _reconstruct(checkpoint, data, model, prepared, steps, seconds, out, header) -> None:
@@ -272,10 +208,9 @@ def _reconstruct(checkpoint, data, model, prepared, steps, seconds, out, header)
 
     from capsrobust.data.transforms import center_crop
     from capsrobust.experiments.decoder import pose_traversal, reconstruction_study, traversal_effects
-    from capsrobust.provenance import provenance
-    from capsrobust.reporting import atomic_write_text, to_markdown, write_csv, write_json
+    from capsrobust.reporting.inspection import reconstruction_text, traversal_text, write_reconstruction_report
 
-    start = time.perf_counter()
+    started = time.perf_counter()
     fit_images, fit_labels = prepared.subset("train")
     held_images, held_labels = prepared.subset("validation")
     generator = torch.Generator().manual_seed(0)
@@ -285,61 +220,20 @@ def _reconstruct(checkpoint, data, model, prepared, steps, seconds, out, header)
     held_images, held_labels = center_crop(held_images[held_pick]), held_labels[held_pick]
     result, held_poses, predicted = reconstruction_study(model, fit_images, fit_labels, held_images, held_labels,
                                                          steps=steps, time_budget_s=seconds)
-    metrics = result.metrics
-    click.echo(f"{header}: decoder {int(metrics['steps'])} steps in {metrics['seconds']:.0f} s on "
-               f"{len(fit_images)} training images; held-out MSE {metrics['decoder_mse']:.5f} vs class-mean image "
-               f"{metrics['class_mean_mse']:.5f} vs overall mean image {metrics['overall_mean_mse']:.5f}")
-    steps_sd = (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
-    effects = []
-    figures = []
+    click.echo(reconstruction_text(header, result.metrics, len(fit_images)))
+    traversals = []
     # One correctly classified held-out image per class (the first of each), traversed.
     for k in range(int(held_labels.max()) + 1):
         hits = ((held_labels == k) & (predicted == k)).nonzero().flatten()
         if not len(hits):
             continue
         i = int(hits[0])
-        traversal = pose_traversal(result, held_poses[i], k, steps_sd)
-        table = traversal_effects(traversal, steps_sd).assign(class_index=k)
-        effects.append(table)
-        figures.append((k, i, traversal, table))
-    import pandas as pd
-
-    effect_table = pd.concat(effects, ignore_index=True) if effects else pd.DataFrame()
-    if len(effect_table):
-        summary = effect_table.pivot_table(index="entry", columns="class_index", values="mean_abs_change_grey")
-        click.echo("Mean absolute change (grey levels) between -3 and +3 std of each pose entry, per class:")
-        click.echo(to_markdown(summary.add_prefix("class ").reset_index(), float_digits=1))
-    if out is None:
-        return
-    from capsrobust.inspect_plots import plot_pose_traversal, plot_reconstructions
-
-    for k, i, traversal, table in figures:
-        plot_pose_traversal(traversal, steps_sd, out / f"traversal-class{k}.png", original=held_images[i],
-                            effects=table["mean_abs_change_grey"].to_numpy(),
-                            title=f"class {k}: each pose entry moved by -3..+3 of its std (left camera); "
-                                  "right: mean |change| in grey levels")
-    with torch.no_grad():
-        from capsrobust.experiments.decoder import masked_poses
-
-        shown = torch.cat([(held_labels == k).nonzero().flatten()[:2] for k in range(int(held_labels.max()) + 1)])
-        decoded = result.decoder(masked_poses(held_poses[shown], predicted[shown]))
-        means = torch.stack([fit_images[fit_labels == int(k)].mean(0) for k in held_labels[shown]])
-    plot_reconstructions(held_images[shown], decoded, out / "reconstructions.png", class_means=means,
-                         title=f"held-out validation images, their reconstructions from the winning class pose, "
-                               f"and the class-mean image (MSE {metrics['decoder_mse']:.4f} vs "
-                               f"{metrics['class_mean_mse']:.4f})")
-    write_csv(effect_table, out / "traversal-effects.csv")
-    atomic_write_text(out / "decoder.md",
-                      f"# Reconstructions, {header}\n\nDecoder (masked class poses -> 32x32 input, MLP 512-1024) "
-                      f"trained on the frozen net: {int(metrics['steps'])} Adam steps, {metrics['seconds']:.0f} s, "
-                      f"{len(fit_images)} training images (true-class masking).\n\nHeld-out MSE (500 validation "
-                      f"images, winning-class masking): decoder {metrics['decoder_mse']:.5f}, class-mean image "
-                      f"{metrics['class_mean_mse']:.5f}, overall mean image {metrics['overall_mean_mse']:.5f}.\n\n"
-                      + (f"## Change per pose entry (-3 to +3 std), grey levels\n\n"
-                         f"{to_markdown(summary.add_prefix('class ').reset_index(), float_digits=1)}\n"
-                         if len(effect_table) else "") + "\nWritten by the command in decoder.json.\n")
-    write_json(out / "decoder.json", provenance(checkpoint=_checkpoint_record(checkpoint, data), metrics=metrics,
-                                                fit_images=len(fit_images), held_images=len(held_images),
-                                                seconds=round(time.perf_counter() - start, 1)))
-    click.echo(f"wrote {out / 'decoder.md'}, reconstructions.png, traversal-class*.png, traversal-effects.csv, "
-               "decoder.json")
+        traversal = pose_traversal(result, held_poses[i], k, TRAVERSAL_STEPS)
+        traversals.append((k, i, traversal, traversal_effects(traversal, TRAVERSAL_STEPS).assign(class_index=k)))
+    if traversals:
+        click.echo(traversal_text(traversals))
+    if out is not None:
+        click.echo(_wrote(write_reconstruction_report(
+            out, checkpoint_path=checkpoint, checkpoint=data, header=header, result=result, fit_images=fit_images,
+            fit_labels=fit_labels, held_images=held_images, held_labels=held_labels, held_poses=held_poses,
+            predicted=predicted, traversals=traversals, steps=TRAVERSAL_STEPS, started=started)))
