@@ -4,7 +4,8 @@ Layers, bottom to top: data -> models -> training -> evaluation (measurement) ->
 (orchestration) -> reporting -> cli. A module may import from its own layer and the ones below
 it. Every import counts -- at module level, inside functions (where a back-edge is easiest to
 hide) and under ``if TYPE_CHECKING:`` -- read from the source with :mod:`ast`, so nothing is
-imported to run this test.
+imported to run this test. The CLI also leaves result files to the reporting layer: no CLI module
+calls a result writer (:data:`RESULT_WRITERS`, ``plot_*``).
 """
 
 from __future__ import annotations
@@ -155,6 +156,58 @@ def test_temporary_exceptions_name_real_modules() -> None:
         if not any((_ours(i) and LAYERS.index(layer_of(i)) > own or i == TRAINING_LOOP) and _excepted(module, i)
                    for _, i in imports_of(module, MODULES[module])):
             warnings.warn(f"{module} no longer breaks the layer order; remove it from TEMPORARY_EXCEPTIONS")
+
+
+#: The result writers: atomic files (capsrobust.files, re-exported by capsrobust.reporting), figures
+#: (``savefig``, capsrobust.plots.save_figure) and every ``plot_*`` function. Result files are the
+#: reporting layer's job: a CLI module parses options, calls the library and echoes what it returns.
+RESULT_WRITERS = frozenset({"write_csv", "write_json", "atomic_write_text", "atomic_write_bytes", "savefig",
+                            "save_figure"})
+
+#: CLI module -> {writer: why it may still call it}. Keep this empty unless a reason is compelling.
+CLI_WRITER_EXCEPTIONS: dict[str, dict[str, str]] = {}
+
+
+def _is_writer(name: str) -> bool:
+    return name in RESULT_WRITERS or name.startswith("plot_")
+
+
+def _writer_uses(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, name) of every call of a result writer (``f(...)`` or ``x.f(...)``) and every import of one
+    (which would let it be called under another name or handed on as a callback)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if _is_writer(name):
+                found.append((node.lineno, name))
+        elif isinstance(node, ast.ImportFrom):
+            found += [(node.lineno, alias.name) for alias in node.names if _is_writer(alias.name)]
+    return sorted(found)
+
+
+def test_cli_modules_leave_result_files_to_reporting() -> None:
+    offenders = [f"{path.relative_to(ROOT)}:{line}: {name}" for module, path in MODULES.items()
+                 if layer_of(module) == "cli" for line, name in _writer_uses(ast.parse(path.read_text()))
+                 if name not in CLI_WRITER_EXCEPTIONS.get(module, {})]
+    assert not offenders, ("CLI modules call result writers; write the files from a capsrobust.reporting function "
+                           "and echo what it returns:\n" + "\n".join(offenders))
+
+
+def test_a_writer_in_the_cli_is_caught() -> None:
+    source = ("from capsrobust.reporting import to_markdown, write_csv\nwrite_csv(table, path)\n"
+              "reporting.write_json(path, record)\nfig.savefig(path)\nplot_accuracy_vs_eps(table, path)\n"
+              "to_markdown(table)\nwrite_attack_report(table, checks, setup, config, out)\npath.exists()\n")
+    assert _writer_uses(ast.parse(source)) == [(1, "write_csv"), (2, "write_csv"), (3, "write_json"), (4, "savefig"),
+                                               (5, "plot_accuracy_vs_eps")]
+
+
+def test_cli_writer_exceptions_are_still_needed() -> None:
+    assert set(CLI_WRITER_EXCEPTIONS) <= set(MODULES)
+    for module, allowed in CLI_WRITER_EXCEPTIONS.items():
+        used = {name for _, name in _writer_uses(ast.parse(MODULES[module].read_text()))}
+        assert set(allowed) <= used, f"{module} no longer uses {set(allowed) - used}; remove the exception"
 
 
 #: Model names: for CLI choices, file names and registries, never to decide what a model is.
