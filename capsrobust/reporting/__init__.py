@@ -1,16 +1,24 @@
-"""Turn result tables (pandas DataFrames) into text for terminals and files, written atomically."""
+"""Turn result tables (pandas DataFrames) into text for terminals and files, written atomically.
+
+This module holds the shared pieces (markdown tables and documents, the sweep pivot, the atomic
+writers of :mod:`capsrobust.files`); each command's report lives in its own submodule:
+:mod:`~capsrobust.reporting.attacks` (``attack``), :mod:`~capsrobust.reporting.evaluation`
+(``evaluate``), :mod:`~capsrobust.reporting.bench` (``bench models|learning|attacks``),
+:mod:`~capsrobust.reporting.inspection` (``inspect``), :mod:`~capsrobust.reporting.viewpoint`
+(``viewpoint-split``) and :mod:`~capsrobust.reporting.study` (``study``, built on the markdown/HTML
+document model of :mod:`~capsrobust.reporting.document`).
+"""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from capsrobust.files import atomic_write_bytes, atomic_write_text, write_csv, write_json  # noqa: F401 (re-exported)
+from capsrobust.files import atomic_write_bytes, atomic_write_text, write_csv, write_json
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "markdown_report", "sweep_pivot", "to_markdown", "write_csv",
+           "write_json"]
 
 
 def _cell(value: object, float_digits: int) -> str:
