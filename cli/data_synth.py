@@ -121,10 +121,10 @@ Examples:
 def show(data_dir: Path | None, out: Path, columns: int) -> None:
     """Contact sheet (help text in SHOW_HELP)."""
     from capsrobust.data.synthnorb.sheet import save_contact_sheet
+    from capsrobust.reporting.dataset import write_dataset_provenance
 
     path = save_contact_sheet(data_dir, out, columns=columns)
-    record = path.with_name(f"{path.stem}-provenance.json")
-    _write_provenance(record, data_dir, columns=columns)
+    record = write_dataset_provenance(path.with_name(f"{path.stem}-provenance.json"), data_dir, columns=columns)
     click.echo(f"wrote {path} and {record.name}")
 
 
@@ -154,39 +154,14 @@ Examples:
 def difficulty(data_dir: Path | None, out: Path | None) -> None:
     """k-NN difficulty table (help text in DIFFICULTY_HELP)."""
     from capsrobust.data.synthnorb.difficulty import knn_difficulty
-    from capsrobust.reporting import to_markdown
+    from capsrobust.reporting.dataset import difficulty_markdown, write_difficulty_report
 
-    start = time.perf_counter()
+    started = time.perf_counter()
     table = knn_difficulty(data_dir)
-    shown = table.assign(knn_error=(100 * table["knn_error"]).round(1)).rename(columns={"knn_error": "knn_error_%"})
-    markdown = to_markdown(shown, float_digits=1)
-    click.echo(markdown)
+    click.echo(difficulty_markdown(table))
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "difficulty.md").write_text(
-            f"# 1-NN difficulty of {table['dataset'].iloc[0]}\n\n{markdown}\n\n"
-            "1-nearest neighbour (L2) on 96->48 antialiased bilinear downsampled, centre-cropped 32x32 stereo "
-            "images (2048 features); error in %.\n"
-        )
-        table.to_csv(out / "difficulty.csv", index=False)
-        _write_provenance(out / "difficulty-provenance.json", data_dir, seconds=time.perf_counter() - start)
-        click.echo(f"wrote {out / 'difficulty.md'}, {out / 'difficulty.csv'}, {out / 'difficulty-provenance.json'}")
-
-
-def _write_provenance(path: Path, data_dir: Path | None, **extra: object) -> None:
-    """Provenance beside a result: command, commit, versions, date, and the dataset's manifest fields."""
-    from capsrobust.data import synthnorb
-    from capsrobust.provenance import provenance
-
-    directory = synthnorb.ensure_rendered(progress=False) if data_dir is None else Path(data_dir)
-    manifest_path = directory / synthnorb.MANIFEST_NAME
-    dataset: dict[str, object] = {"directory": str(directory)}
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        dataset.update({k: manifest[k] for k in ("dataset", "generator_version", "seed", "azimuths_deg",
-                                                 "elevations_deg", "lightings") if k in manifest})
-        dataset["sha256"] = {name: entry["sha256"] for name, entry in manifest["files"].items()}
-    path.write_text(json.dumps(provenance(dataset=dataset, **extra), indent=2) + "\n")
+        written = write_difficulty_report(out, table, data_dir, started=started)
+        click.echo(f"wrote {', '.join(str(p) for p in written)}")
 
 
 BENCH_DATA_HELP = """\
