@@ -5,7 +5,7 @@ Layers, bottom to top: data -> models -> training -> evaluation (measurement) ->
 it. Every import counts -- at module level, inside functions (where a back-edge is easiest to
 hide) and under ``if TYPE_CHECKING:`` -- read from the source with :mod:`ast`, so nothing is
 imported to run this test. The CLI also leaves result files to the reporting layer: no CLI module
-calls a result writer (:data:`RESULT_WRITERS`, ``plot_*``).
+calls a result writer (:data:`RESULT_WRITERS`, ``plot_*``) or writes a file by hand (:data:`RAW_WRITES`).
 """
 
 from __future__ import annotations
@@ -164,6 +164,10 @@ def test_temporary_exceptions_name_real_modules() -> None:
 RESULT_WRITERS = frozenset({"write_csv", "write_json", "atomic_write_text", "atomic_write_bytes", "savefig",
                             "save_figure"})
 
+#: Writing a file by hand, around the writers: ``path.write_text(...)``, ``path.write_bytes(...)``,
+#: ``json.dump(...)``, ``table.to_csv(path)`` (with no path it returns text) and ``open(path, "w")``.
+RAW_WRITES = frozenset({"write_text", "write_bytes", "dump"})
+
 #: CLI module -> {writer: why it may still call it}. Keep this empty unless a reason is compelling.
 CLI_WRITER_EXCEPTIONS: dict[str, dict[str, str]] = {}
 
@@ -172,9 +176,22 @@ def _is_writer(name: str) -> bool:
     return name in RESULT_WRITERS or name.startswith("plot_")
 
 
+def _writes_by_hand(call: ast.Call) -> str | None:
+    func = call.func
+    if isinstance(func, ast.Attribute) and (func.attr in RAW_WRITES or func.attr == "to_csv" and (
+            call.args or any(k.arg == "path_or_buf" for k in call.keywords))):
+        return func.attr
+    if isinstance(func, ast.Name) and func.id == "open":
+        modes = list(call.args[1:2]) + [k.value for k in call.keywords if k.arg == "mode"]
+        if any(isinstance(m, ast.Constant) and set(str(m.value)) & set("wax+") for m in modes):
+            return "open"
+    return None
+
+
 def _writer_uses(tree: ast.AST) -> list[tuple[int, str]]:
-    """(line, name) of every call of a result writer (``f(...)`` or ``x.f(...)``) and every import of one
-    (which would let it be called under another name or handed on as a callback)."""
+    """(line, name) of every call of a result writer (``f(...)`` or ``x.f(...)``), every import of one
+    (which would let it be called under another name or handed on as a callback) and every file
+    written by hand (:data:`RAW_WRITES`)."""
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
@@ -182,6 +199,8 @@ def _writer_uses(tree: ast.AST) -> list[tuple[int, str]]:
             name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
             if _is_writer(name):
                 found.append((node.lineno, name))
+            elif (raw := _writes_by_hand(node)) is not None:
+                found.append((node.lineno, raw))
         elif isinstance(node, ast.ImportFrom):
             found += [(node.lineno, alias.name) for alias in node.names if _is_writer(alias.name)]
     return sorted(found)
@@ -198,9 +217,14 @@ def test_cli_modules_leave_result_files_to_reporting() -> None:
 def test_a_writer_in_the_cli_is_caught() -> None:
     source = ("from capsrobust.reporting import to_markdown, write_csv\nwrite_csv(table, path)\n"
               "reporting.write_json(path, record)\nfig.savefig(path)\nplot_accuracy_vs_eps(table, path)\n"
-              "to_markdown(table)\nwrite_attack_report(table, checks, setup, config, out)\npath.exists()\n")
-    assert _writer_uses(ast.parse(source)) == [(1, "write_csv"), (2, "write_csv"), (3, "write_json"), (4, "savefig"),
-                                               (5, "plot_accuracy_vs_eps")]
+              "(out / 'a.md').write_text(text)\njson.dump(record, f)\ntable.to_csv(path, index=False)\n"
+              "open(path, 'w')\nopen(path, mode='ab')\n"
+              # not writers: text for the terminal, a reporting function, reading
+              "to_markdown(table)\nwrite_attack_report(table, checks, setup, config, out)\ntable.to_csv()\n"
+              "json.dumps(record)\nopen(path)\nopen(path, 'rb')\npath.read_text()\n")
+    assert _writer_uses(ast.parse(source)) == [
+        (1, "write_csv"), (2, "write_csv"), (3, "write_json"), (4, "savefig"), (5, "plot_accuracy_vs_eps"),
+        (6, "write_text"), (7, "dump"), (8, "to_csv"), (9, "open"), (10, "open")]
 
 
 def test_cli_writer_exceptions_are_still_needed() -> None:
