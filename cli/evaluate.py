@@ -15,7 +15,8 @@ recipe -- generator version, seed, grid -- within 1 grey level of a fresh render
 refused), centre crop by default or the paper's 13-crop test with --multi-crop. Several
 checkpoints make one side-by-side table. With --out the table is also written as markdown and
 CSV, beside provenance.json (command, commit, seed, dataset and its checksum, SHA-256 of each
-checkpoint) and learning-curves.png (from each run directory's metrics.jsonl).
+checkpoint), learning-curves.png (from each run directory's metrics.jsonl) and time-to-error.png
+(validation error against training wall time).
 
 \b
 Examples:
@@ -34,7 +35,7 @@ Examples:
 @click.option("--both-crops", is_flag=True, help="Report the centre crop and the 13-crop test.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also write test-error.md/.csv, provenance.json and learning-curves.png here.")
+              help="Also write test-error.md/.csv, provenance.json, learning-curves.png and time-to-error.png here.")
 def evaluate(checkpoints: tuple[Path, ...], split: str | None, data_dir: Path | None, multi_crop: bool,
              both_crops: bool, batch_size: int, out: Path | None) -> None:
     """Test error of checkpoints (help text in EVALUATE_HELP)."""
