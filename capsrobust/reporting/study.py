@@ -134,9 +134,11 @@ def _attack_answer(result: "StudyResult") -> Answer:
     better, difference, spread = compare(caps, cnn)
     matched = [bool(result.stages.get(f"match-seed{s}", {}).get("matched")) for s in per_seed.index]
     _, targeted_checks = _attack_tables(result, "targeted")
-    verdicts = pd.concat([checks, targeted_checks], ignore_index=True)
-    verdicts = verdicts[verdicts["check"] == "verdict"]
+    every_check = pd.concat([checks.assign(sweep="untargeted"), targeted_checks.assign(sweep="targeted")],
+                            ignore_index=True)
+    verdicts = every_check[every_check["check"] == "verdict"]
     suspect = verdicts[verdicts["status"] != "HOLDS"]
+    failed = every_check[(every_check["check"] != "verdict") & (every_check["status"] == "FAIL")]
     eps = sorted(set(rows["eps"]))
     attacks = dict.fromkeys(sweep[sweep["attack"] != "worst-case"]["attack"])
     line = (f"**{question}** (untargeted; success rate = share of correctly classified test images broken, per-example "
@@ -147,8 +149,11 @@ def _attack_answer(result: "StudyResult") -> Answer:
     if not all(matched):
         reasons.append(f"the pair is clean-error-matched in {sum(matched)}/{len(matched)} seeds")
     if not suspect.empty:
-        flagged = ", ".join(f"{r.model} seed {r.seed}" for r in suspect.itertuples(index=False))
-        reasons.append(f"sanity checks SUSPECT for {flagged} (see 'Sanity checks')")
+        flagged = ", ".join(f"{r.model} seed {r.seed} ({r.sweep})" for r in suspect.itertuples(index=False))
+        # What failed, once per check and attack ("success monotone in eps: fgsm"), not per seed.
+        why = ", ".join(dict.fromkeys(f"{r.check}: {str(r.detail).split(':')[0]}" for r in failed.itertuples(index=False)))
+        reasons.append(f"sanity checks SUSPECT for {flagged}" + (f", from {why}" if why else "")
+                       + " (see 'Sanity checks')")
     supported = not reasons
     line += (" Sanity checks: **HOLDS** for both models in every seed and mode; the pair is matched in every seed."
              if supported else f" **Not supported as it stands:** {'; '.join(reasons)}.")
