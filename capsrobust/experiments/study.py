@@ -143,8 +143,9 @@ class StudyBudget:
 #: as ``results/train/`` did (capsules-small 30 epochs, the CNN 20, validation on 2,000 images), so
 #: ``--train-runs results/train`` can stand in for its trainings. Its attack sweep is sized for 2 CPU
 #: cores (~2 hours for two seeds with borrowed trainings): AutoAttack alone took 238 s for 50 images and
-#: both models there (results/attacks/autoattack), so the sweep attacks 200 images per seed with 10-step attacks, PGD 20x3 as the restart check, and an
-#: eps grid that stops where every model is at chance. The viewpoint tests use a fixed random 6,000
+#: both models there (results/attacks/autoattack), so the sweep attacks 200 images per seed with
+#: 10-step attacks, PGD 20x3 as the restart check, and an eps grid that stops where every model is at
+#: chance. The viewpoint tests use a fixed random 6,000
 #: of the 24,300 test images (~2,000 familiar, ~4,000 novel) and 4,000 extrapolation views: the paper's
 #: matching protocol scores every kept capsule checkpoint (40 per run) on the familiar test images,
 #: ~30 minutes per run on one core with all of them.
@@ -337,12 +338,12 @@ def _estimate(budget: StudyBudget, seeds: list[int], sizes: dict[str, int], in_c
     vp = budget.viewpoint
     for split in SPLITS:
         seconds = 0.0
-        candidates = 0
+        evals_of = {}
         for model, steps, epochs in ((caps, vp.capsule_steps, vp.capsule_epochs), (CNN, vp.cnn_steps, vp.cnn_epochs)):
             total = steps_of(model, steps, epochs, sizes[split])
-            evals = total // vp.eval_every if vp.eval_every else 10 * vp.capsule_evals_per_epoch
-            candidates = candidates or evals  # the capsule run's kept checkpoints
-            seconds += training(model, total, evals, capped(vp.max_eval_examples, sizes["validation"] // 3))
+            evals_of[model] = total // vp.eval_every if vp.eval_every else 10 * vp.capsule_evals_per_epoch
+            seconds += training(model, total, evals_of[model], capped(vp.max_eval_examples, sizes["validation"] // 3))
+        candidates = evals_of[caps]  # the capsule run keeps a checkpoint at each evaluation
         test = capped(vp.max_test_examples, sizes["test"])
         # The paper's matching scores capsule checkpoints on the familiar third of the test images up to the
         # first that reaches the CNN (at worst all of them); then both protocols' picks and the CNN on all.

@@ -383,9 +383,10 @@ def write_study_report(result: "StudyResult", out_dir: str | os.PathLike[str] | 
     return paths + sorted(figures.glob("*.png"))
 
 
-def check_headline_markers(readme: str | os.PathLike[str]) -> str:
-    """The text of ``readme`` if it holds :data:`HEADLINE_START` before :data:`HEADLINE_END`; else a
-    one-line :class:`~capsrobust.errors.ConfigError` (checked before a study starts, not after it)."""
+def check_headline_markers(readme: str | os.PathLike[str]) -> tuple[str, int, int]:
+    """The text of ``readme`` and where :data:`HEADLINE_START` and :data:`HEADLINE_END` start in it;
+    a one-line :class:`~capsrobust.errors.ConfigError` if the file or the markers (in that order) are
+    missing. The CLI calls it before a study starts, not after it."""
     from capsrobust.errors import ConfigError
 
     readme = Path(readme)
@@ -396,7 +397,7 @@ def check_headline_markers(readme: str | os.PathLike[str]) -> str:
     if start < 0 or end < start:
         raise ConfigError(f"--readme {readme}: no '{HEADLINE_START}' ... '{HEADLINE_END}' markers; add them "
                           "where the headline should go")
-    return text
+    return text, start, end
 
 
 def copy_headline(readme: str | os.PathLike[str], report_dir: str | os.PathLike[str]) -> Path:
@@ -415,8 +416,7 @@ def copy_headline(readme: str | os.PathLike[str], report_dir: str | os.PathLike[
     if not source.is_file():
         raise ConfigError(f"{source}: no study report there; run capsrobust study --out {report_dir} first")
     record = json.loads(source.read_text())
-    text = check_headline_markers(readme)
-    start, end = text.find(HEADLINE_START), text.find(HEADLINE_END)
+    text, start, end = check_headline_markers(readme)
     smoke = " — a smoke run, not for conclusions" if record["budget"].get("smoke") else ""
     lines = [HEADLINE_START,
              f"From [`{report_dir.as_posix()}/REPORT.md`]({report_dir.as_posix()}/REPORT.md) ({record['dataset']}, "
