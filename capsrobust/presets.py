@@ -56,6 +56,8 @@ class Preset:
     cnn_lr: float = CNN_LR
     capsule_lr_decay: float = PAPER_LR_DECAY  # the learning rate's factor per 1/20 of the run
     cnn_lr_decay: float = PAPER_LR_DECAY
+    capsule_ema_decay: float = 0.0  # the weight average's decay (training.TrainConfig.ema_decay); 0: none
+    cnn_ema_decay: float = 0.0
 
 
 PRESETS: dict[str, Preset] = {
@@ -90,7 +92,8 @@ def resolve_preset(config: Any) -> Any:
 
     Capsule models get the preset's options under the explicit ``model_overrides`` and its margin
     schedule where ``margin_schedule`` is None; the CNN keeps its overrides as given. Both get the
-    preset's learning rate and learning-rate decay where ``lr`` / ``lr_decay`` are None.
+    preset's learning rate, learning-rate decay and weight-average decay where ``lr`` / ``lr_decay`` /
+    ``ema_decay`` are None.
     """
     try:
         preset = PRESETS[config.preset]
@@ -99,8 +102,10 @@ def resolve_preset(config: Any) -> Any:
     if not is_capsule_model(config.model):
         return dataclasses.replace(config, margin_schedule=config.margin_schedule or "run",
                                    lr=config.lr or preset.cnn_lr,
-                                   lr_decay=preset.cnn_lr_decay if config.lr_decay is None else config.lr_decay)
+                                   lr_decay=preset.cnn_lr_decay if config.lr_decay is None else config.lr_decay,
+                                   ema_decay=preset.cnn_ema_decay if config.ema_decay is None else config.ema_decay)
     overrides = {**preset.capsule_options, **config.model_overrides}
     return dataclasses.replace(config, model_overrides=overrides, lr=config.lr or preset.capsule_lr,
                                margin_schedule=config.margin_schedule or preset.margin_schedule,
-                               lr_decay=preset.capsule_lr_decay if config.lr_decay is None else config.lr_decay)
+                               lr_decay=preset.capsule_lr_decay if config.lr_decay is None else config.lr_decay,
+                               ema_decay=preset.capsule_ema_decay if config.ema_decay is None else config.ema_decay)

@@ -11,6 +11,8 @@ Run directory (``--out``)::
     last.pt         latest state (written every ``checkpoint_every`` steps, at the end and on Ctrl-C)
     best.pt         lowest validation (familiar) error so far (evaluation-only: no optimiser state)
     matched.pt      first checkpoint with validation familiar error <= --target-familiar-error (ditto)
+    averaged.pt     with ``ema_decay``: the weight average at the end of the run (ditto); last.pt keeps the
+                    raw weights (and the average, to resume), every other checkpoint holds the average
     checkpoints/    with ``keep_checkpoints``: ``step-<step>.pt`` at every evaluation (ditto), so a
                     checkpoint can be chosen afterwards by another rule (the paper's test-set matching)
 """
@@ -42,6 +44,7 @@ from capsrobust.models import MODEL_NAMES, build_model, is_capsule_model
 from capsrobust.models.prediction import error_rate
 from capsrobust.presets import resolve_preset
 from capsrobust.provenance import provenance
+from capsrobust.weight_average import WeightAverage
 
 __all__ = ["TrainConfig", "TrainingInterrupted", "loss_function", "train", "model_from_checkpoint"]
 
@@ -61,6 +64,7 @@ class TrainConfig:
     lr_decay: float | None = None  # multiplied every lr_decay_every steps; None: the preset's (presets.Preset)
     lr_decay_every: int = 0  # 0: total_steps // 20 (the paper's 20k-step period, scaled to the run)
     weight_decay: float = 2e-7
+    ema_decay: float | None = None  # weight average (weight_average.py) evaluated and saved; 0: off; None: the preset's
     seed: int = 0
     eval_every: int = 0  # 0: once per epoch, at least 10 times per run
     checkpoint_every: int = 0  # 0: at every evaluation
@@ -84,6 +88,8 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
             raise ConfigError(f"--lr-decay must be in (0, 1] (1: constant learning rate), got {self.lr_decay}")
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"--ema-decay must be in [0, 1) (0: no weight average), got {self.ema_decay}")
         if self.target_familiar_error is not None and not 0 <= self.target_familiar_error <= 1:
             raise ConfigError(f"--target-familiar-error must be a fraction in [0, 1], got {self.target_familiar_error}")
         if self.max_eval_examples < 0:
@@ -211,8 +217,19 @@ class _SigintFlag:
 def _checkpoint_payload(
     model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, data: PreparedData,
     step: int, steps: int, best: dict[str, Any], model_config: dict[str, Any], train_seconds: float = 0.0,
+    average: WeightAverage | None = None, resumable: bool = True,
 ) -> dict[str, Any]:
-    return {
+    """A resumable checkpoint holds the raw weights (and the average, if any); an evaluation-only one
+    holds the weights that are evaluated: the average when there is one."""
+    extra: dict[str, Any] = {"weights": "raw"}
+    model_state = model.state_dict()
+    if average is not None:
+        extra = {"weights": f"average (decay {average.decay})"}
+        if resumable:
+            extra["average_state"] = average.state_dict()
+        else:
+            model_state = average.state_dict()
+    payload = {
         "model": config.model,
         "model_config": model_config,
         "in_channels": data.in_channels,
@@ -224,13 +241,15 @@ def _checkpoint_payload(
         "config": dataclasses.asdict(config),
         "step": step,
         "total_steps": steps,
-        "model_state": model.state_dict(),
+        "model_state": model_state,
         "optimizer_state": optimizer.state_dict(),
         "scheduler": {"kind": "exponential", "lr": optimizer.param_groups[0]["lr"]},
         "rng_state": torch.get_rng_state(),
         "best": best,
         "train_seconds": train_seconds,
+        **extra,
     }
+    return payload if resumable else evaluation_only(payload)
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -289,7 +308,9 @@ def train(
         check_trained_on(last_path, checkpoint, data, advice="resume on the data it was trained on", log=log)
         saved = checkpoint["config"]
         defaults = {"margin_schedule": "run"}  # runs from before the option trained with it
-        for key in ("batch_size", "seed", "lr", "lr_decay", "lr_decay_every", "weight_decay", "margin_schedule"):
+        defaults["ema_decay"] = 0.0  # runs from before the option kept no average
+        for key in ("batch_size", "seed", "lr", "lr_decay", "lr_decay_every", "weight_decay", "margin_schedule",
+                    "ema_decay"):
             if saved.get(key, defaults.get(key)) != getattr(config, key):
                 raise CheckpointError(f"{last_path}: checkpoint was trained with {key}={saved.get(key)!r}, not "
                                       f"{getattr(config, key)!r}; resume with the same settings")
@@ -300,6 +321,8 @@ def train(
     torch.manual_seed(config.seed)
     model = build_model(config.model, in_channels=data.in_channels, **model_config).to(dist.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
+    evaluated = average.average if average is not None else model
     train_images, train_labels = data.subset("train")
     steps = total_steps(config, len(train_labels))
     start, best = 0, {"validation_error": None, "step": None, "matched_step": None}
@@ -307,6 +330,8 @@ def train(
     if checkpoint is not None:
         steps = checkpoint["total_steps"]
         model.load_state_dict(checkpoint["model_state"])
+        if average is not None:
+            average.load_state_dict(checkpoint["average_state"])
         optimizer.load_state_dict(checkpoint["optimizer_state"])
         torch.set_rng_state(checkpoint["rng_state"])
         start, best = checkpoint["step"], checkpoint["best"]
@@ -331,9 +356,8 @@ def train(
     def save(path: Path, step: int, *, resumable: bool = True) -> None:
         if not dist.is_main:  # one writer: rank 0
             return
-        payload = _checkpoint_payload(model, optimizer, config, data, step, steps, best, model_config,
-                                      clock.train_seconds)
-        save_checkpoint(path, payload if resumable else evaluation_only(payload))
+        save_checkpoint(path, _checkpoint_payload(model, optimizer, config, data, step, steps, best, model_config,
+                                                  clock.train_seconds, average, resumable))
 
     from tqdm import tqdm
 
@@ -366,6 +390,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update(model, step + 1)
 
             step_seconds = time.perf_counter() - t0
             window_time += step_seconds
@@ -383,7 +409,9 @@ def train(
                           "train_loss": window_loss / window_seen, "train_error": window_wrong / window_seen,
                           "images_per_s": dist.world_size * window_seen / max(window_time, 1e-9), "lr": optimizer.param_groups[0]["lr"],
                           "train_seconds": clock.train_seconds}
-                record.update(_evaluate(model, data, config))
+                record.update(_evaluate(evaluated, data, config))
+                if average is not None:  # the raw weights too, to see what the average buys
+                    record.update({f"{k}_raw": v for k, v in _evaluate(model, data, config).items()})
                 model.train()
                 val = record.get("validation_error")
                 if val is not None and (best["validation_error"] is None or val < best["validation_error"]):
@@ -398,6 +426,8 @@ def train(
                 _append_jsonl(out / "metrics.jsonl", record)
                 bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
                 window_loss, window_wrong, window_seen, window_time = 0.0, 0, 0, 0.0
+            if done == steps and average is not None:
+                save(out / "averaged.pt", done, resumable=False)
             if done % checkpoint_every == 0 or done == steps:
                 save(last_path, done)
             if done == _PAUSE_AFTER_STEP and dist.is_main:

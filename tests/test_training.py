@@ -72,11 +72,11 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model_state"]
 
 
-@pytest.mark.parametrize("model", ["cnn", "capsules-small"])
+@pytest.mark.parametrize("model, extra", [("cnn", []), ("capsules-small", ["--iterations", "2"]),
+                                          ("cnn", ["--ema-decay", "0.5"])], ids=["cnn", "capsules-small", "cnn-ema"])
 def test_sigkill_then_resume_gives_the_same_weights_as_an_uninterrupted_run(
-    data_dir: Path, tmp_path: Path, isolated_cache: Path, model: str
+    data_dir: Path, tmp_path: Path, isolated_cache: Path, model: str, extra: list[str]
 ) -> None:
-    extra = ["--iterations", "2"] if model != "cnn" else []
     straight = tmp_path / "straight"
     subprocess.run(train_cmd(data_dir, straight, *extra, model=model), env=run_env(isolated_cache), check=True,
                    capture_output=True)
@@ -98,6 +98,9 @@ def test_sigkill_then_resume_gives_the_same_weights_as_an_uninterrupted_run(
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), f"{name} differs after resume"
+    if extra[:1] == ["--ema-decay"]:  # the weight average resumes exactly too
+        a, b = load_checkpoint(straight / "last.pt")["average_state"], load_checkpoint(killed / "last.pt")["average_state"]
+        assert all(torch.equal(a[name], b[name]) for name in a)
     assert load_checkpoint(killed / "last.pt")["step"] == 6
     # The metrics log holds each evaluation once, in order, despite the kill.
     steps = [line.split('"step": ')[1].split(",")[0] for line in (killed / "metrics.jsonl").read_text().splitlines()]
@@ -371,3 +374,40 @@ def test_inspect_prints_per_layer_statistics_and_refuses_a_cnn(data_dir: Path, t
         "PrimaryCaps", "ConvCaps", "ConvCaps", "ClassCaps"]
     assert_one_line_error(CliRunner().invoke(cli, ["inspect", str(cnn / "last.pt"), "--data-dir", str(data_dir)]),
                           "capsule nets")
+
+
+def test_weight_average_follows_the_warm_up_rule_and_tracks_constant_weights() -> None:
+    from capsrobust.weight_average import WeightAverage
+
+    model = torch.nn.Linear(2, 1)
+    average = WeightAverage(model, decay=0.9)
+    start = model.weight.detach().clone()
+    assert average.decay_at(1) == pytest.approx(2 / 11) and average.decay_at(10_000) == 0.9
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    average.update(model, 1)  # keeps 2/11 of the start, takes 9/11 of the new weights
+    assert torch.allclose(average.average.weight, start + 9 / 11)
+    for step in range(2, 400):
+        average.update(model, step)
+    assert torch.allclose(average.average.weight, model.weight, atol=1e-6)
+    assert not average.average.weight.requires_grad
+
+
+def test_a_run_with_a_weight_average_evaluates_and_saves_the_average(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ema"
+    result = CliRunner().invoke(cli, ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out),
+                                      *STEPS, "--ema-decay", "0.5"])
+    assert result.exit_code == 0, result.output
+    last, averaged = load_checkpoint(out / "last.pt"), load_checkpoint(out / "averaged.pt")
+    assert averaged["resumable"] is False and averaged["weights"] == "average (decay 0.5)"
+    assert all(torch.equal(averaged["model_state"][k], v) for k, v in last["average_state"].items())
+    assert any(not torch.equal(last["model_state"][k], v) for k, v in last["average_state"].items())
+    assert "average_state" not in averaged and "average_state" not in load_checkpoint(out / "best.pt")
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"validation_error", "validation_error_raw"} <= record.keys()
+    assert json.loads((out / "run.json").read_text())["config"]["ema_decay"] == 0.5
+    refused = CliRunner().invoke(cli, ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out),
+                                       *STEPS, "--resume"])
+    assert refused.exit_code == 2 and "ema_decay=0.5" in refused.output
+    bad = CliRunner().invoke(cli, ["train", "--model", "cnn", "--ema-decay", "1"])
+    assert bad.exit_code == 2 and "--ema-decay must be in [0, 1)" in bad.output
