@@ -20,7 +20,7 @@ __all__ = ["WeightAverage"]
 class WeightAverage:
     """Holds ``average``, a copy of ``model`` whose parameters track ``model``'s exponentially.
 
-    Buffers (none in today's models; BatchNorm statistics otherwise) are copied, not averaged.
+    Buffers (caches or BatchNorm statistics) are copied, not averaged.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
@@ -42,7 +42,10 @@ class WeightAverage:
         for averaged, current in zip(self.average.parameters(), model.parameters()):
             averaged.lerp_(current.detach(), 1.0 - keep)
         for averaged, current in zip(self.average.buffers(), model.buffers()):
-            averaged.copy_(current)
+            if averaged.shape == current.shape:
+                averaged.copy_(current)
+            else:  # a cache the model sizes on its first forward pass (the capsule nets' coordinate grids)
+                averaged.data = current.detach().clone()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.average.state_dict()

@@ -411,3 +411,17 @@ def test_a_run_with_a_weight_average_evaluates_and_saves_the_average(data_dir: P
     assert refused.exit_code == 2 and "ema_decay=0.5" in refused.output
     bad = CliRunner().invoke(cli, ["train", "--model", "cnn", "--ema-decay", "1"])
     assert bad.exit_code == 2 and "--ema-decay must be in [0, 1)" in bad.output
+
+
+def test_weight_average_of_a_capsule_net_follows_its_lazily_sized_buffers() -> None:
+    from capsrobust.models import build_model
+    from capsrobust.weight_average import WeightAverage
+
+    torch.manual_seed(0)
+    model = build_model("capsules-small", in_channels=2, iterations=2)
+    average = WeightAverage(model, decay=0.5)
+    model(torch.rand(2, 2, 32, 32))  # sizes the model's caches
+    average.update(model, 1)
+    for (name, a), b in zip(average.average.named_buffers(), model.buffers()):
+        assert torch.equal(a, b), name
+    assert torch.isfinite(average.average(torch.rand(2, 2, 32, 32))).all()
