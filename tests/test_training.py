@@ -215,9 +215,21 @@ def test_evaluate_writes_side_by_side_table_curves_and_provenance(data_dir: Path
         assert result.exit_code == 0, result.output
     report = tmp_path / "report"
     result = CliRunner().invoke(cli, ["evaluate", str(runs["capsules-small"] / "best.pt"), str(runs["cnn"] / "best.pt"),
-                                      "--data-dir", str(data_dir), "--both-crops", "--out", str(report)])
+                                      "--data-dir", str(data_dir), "--both-crops", "--by", "instance", "--by",
+                                      "lighting", "--out", str(report)])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(report / "test-error.csv")
+    for by, keys in (("instance", ["label", "instance"]), ("lighting", ["lighting"])):
+        parts = pd.read_csv(report / f"test-error-by-{by}.csv")
+        assert not parts.duplicated(["checkpoint", "crops", *keys]).any()
+        # The groups partition the test set: their n-weighted errors give back each overall error.
+        pooled = parts.assign(wrong=parts["error"] * parts["n"]).groupby(["checkpoint", "crops"])[["wrong", "n"]].sum()
+        overall = table.set_index(["checkpoint", "crops"])
+        assert (pooled["n"] == overall["n"].reindex(pooled.index)).all()
+        assert ((pooled["wrong"] / pooled["n"] - overall["error"].reindex(pooled.index)).abs() < 1e-6).all()
+    wide = (report / "test-error-by-instance.md").read_text()
+    assert "capsules-small/best.pt" in wide and "cnn/best.pt" in wide and "| class" in wide
+    assert "Test error (%) by lighting" in result.output
     assert sorted(set(table["model"])) == ["capsules-small", "cnn"]
     assert sorted(set(table["crops"])) == [1, 13]
     assert table["error"].between(0, 1).all()

@@ -1,34 +1,96 @@
-"""Test error of a checkpoint on the familiar and novel test sets of a viewpoint protocol."""
+"""Test error of a checkpoint on the familiar and novel test sets of a viewpoint protocol, overall
+and broken down by a property of the test images (toy, lighting, elevation, azimuth)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import pandas as pd
+import torch
 
 from capsrobust.checkpoints import LoadedModel, load_model
-from capsrobust.models.prediction import error_rate
+from capsrobust.data.smallnorb import CLASS_NAMES
+from capsrobust.models.prediction import predict_scores
 
-__all__ = ["evaluate_checkpoint", "error_table"]
+__all__ = ["BREAKDOWNS", "TestPredictions", "breakdown_table", "error_table", "evaluate_checkpoint",
+           "test_predictions"]
+
+#: ``--by`` choices: the meta columns each breakdown groups the test images by.
+BREAKDOWNS: dict[str, tuple[str, ...]] = {
+    "instance": ("label", "instance"),  # one test toy (instance) of one class
+    "lighting": ("lighting",),
+    "elevation": ("elevation",),
+    "azimuth": ("azimuth",),
+}
 
 
-def error_table(loaded: LoadedModel, *, multi_crop: bool = False, batch_size: int = 256) -> pd.DataFrame:
-    """One row per non-empty test subset of ``loaded.data``: ``model``, ``dataset``, ``split``, ``subset``,
-    ``crops``, ``n``, ``error``; ``attrs`` hold the dataset and the checkpoint's step."""
+@dataclass
+class TestPredictions:
+    """Per test subset (``test``, or ``test_familiar``/``test_novel`` for a viewpoint split): the
+    examples' meta rows with ``wrong`` (bool) added. ``crops``: 1 (centre) or 13 (the paper's test)."""
+
+    model: str
+    dataset: str
+    split: str
+    crops: int
+    step: int
+    subsets: dict[str, pd.DataFrame]
+
+
+def test_predictions(loaded: LoadedModel, *, multi_crop: bool = False, batch_size: int = 256) -> TestPredictions:
+    """Score every non-empty test subset of ``loaded.data`` once (images ``(N, C, 48, 48)`` → ``(N, 5)``)."""
     data = loaded.data
-    rows = []
+    meta = data.meta["testing"]
+    subsets = {}
     for subset in ("test_familiar", "test_novel"):
         images, labels = data.subset(subset)
         if len(labels) == 0:
             continue
-        rows.append({
-            "model": loaded.name, "dataset": data.describe(), "split": data.split,
-            "subset": "test" if data.split == "full" else subset, "crops": 13 if multi_crop else 1,
-            "n": len(labels),
-            "error": error_rate(loaded.model, images, labels, multi=multi_crop, batch_size=batch_size),
-        })
-    table = pd.DataFrame(rows)
-    table.attrs.update(dataset=data.describe(), step=loaded.checkpoint["step"])
+        index = torch.as_tensor(getattr(data.indices, subset), dtype=torch.long)
+        predicted = predict_scores(loaded.model, images, multi=multi_crop, batch_size=batch_size).argmax(dim=1)
+        rows = meta.iloc[index.numpy()].reset_index(drop=True)
+        subsets["test" if data.split == "full" else subset] = rows.assign(wrong=(predicted != labels).numpy())
+    return TestPredictions(model=loaded.name, dataset=data.describe(), split=data.split,
+                           crops=13 if multi_crop else 1, step=int(loaded.checkpoint["step"]), subsets=subsets)
+
+
+def _rows(predictions: TestPredictions) -> dict[str, object]:
+    return {"model": predictions.model, "dataset": predictions.dataset, "split": predictions.split}
+
+
+def error_table(loaded: LoadedModel | TestPredictions, *, multi_crop: bool = False,
+                batch_size: int = 256) -> pd.DataFrame:
+    """One row per non-empty test subset: ``model``, ``dataset``, ``split``, ``subset``, ``crops``,
+    ``n``, ``error``; ``attrs`` hold the dataset and the checkpoint's step. Takes a loaded model (scored
+    here) or its :func:`test_predictions`."""
+    predictions = loaded if isinstance(loaded, TestPredictions) else test_predictions(
+        loaded, multi_crop=multi_crop, batch_size=batch_size)
+    table = pd.DataFrame([{**_rows(predictions), "subset": subset, "crops": predictions.crops, "n": len(rows),
+                           "error": float(rows["wrong"].mean())} for subset, rows in predictions.subsets.items()])
+    table.attrs.update(dataset=predictions.dataset, step=predictions.step)
+    return table
+
+
+def breakdown_table(predictions: TestPredictions, by: str) -> pd.DataFrame:
+    """Test error per group of :data:`BREAKDOWNS` ``[by]``: ``subset``, ``crops``, the group columns
+    (``class`` named beside ``label`` for ``instance``), ``n``, ``error``. ``attrs`` as :func:`error_table`."""
+    if by not in BREAKDOWNS:
+        raise ValueError(f"unknown breakdown {by!r}; valid: {', '.join(BREAKDOWNS)}")
+    keys = list(BREAKDOWNS[by])
+    parts = []
+    for subset, rows in predictions.subsets.items():
+        grouped = rows.groupby(keys)["wrong"].agg(["size", "mean"]).reset_index()
+        grouped = grouped.rename(columns={"size": "n", "mean": "error"})
+        grouped.insert(0, "crops", predictions.crops)
+        grouped.insert(0, "subset", subset)
+        parts.append(grouped)
+    table = pd.concat(parts, ignore_index=True)
+    if "label" in keys:
+        table.insert(table.columns.get_loc("label") + 1, "class", [CLASS_NAMES[i] for i in table["label"]])
+    for column, value in reversed(_rows(predictions).items()):
+        table.insert(0, column, value)
+    table.attrs.update(dataset=predictions.dataset, step=predictions.step)
     return table
 
 

@@ -20,8 +20,8 @@ from capsrobust.files import atomic_write_text, write_csv, write_json
 from capsrobust.provenance import file_sha256, provenance
 from capsrobust.reporting import to_markdown
 
-__all__ = ["checkpoint_record", "combine_test_errors", "evaluation_text", "label_test_errors", "seed_spread",
-           "write_evaluation_report"]
+__all__ = ["breakdown_view", "checkpoint_record", "combine_test_errors", "evaluation_text", "label_test_errors",
+           "seed_spread", "write_breakdown", "write_evaluation_report"]
 
 
 def label_test_errors(table: pd.DataFrame, path: str | os.PathLike[str], checkpoint: dict[str, Any]) -> pd.DataFrame:
@@ -38,6 +38,31 @@ def label_test_errors(table: pd.DataFrame, path: str | os.PathLike[str], checkpo
 def combine_test_errors(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """The labelled tables of every checkpoint (and crop setting) as one table, in order."""
     return pd.concat(list(tables), ignore_index=True)
+
+
+def breakdown_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The combined, labelled :func:`~capsrobust.evaluation.checkpoint_eval.breakdown_table` of several
+    checkpoints side by side: one row per group (and test subset, crop setting), ``n``, then one
+    column of error in % per checkpoint (``run/file``)."""
+    groups = [c for c in table.columns if c not in ("model", "checkpoint", "step", "seed", "preset", "dataset",
+                                                      "split", "n", "error")]
+    wide = table.assign(error=100 * table["error"]).pivot_table(index=groups + ["n"], columns="checkpoint",
+                                                                values="error", sort=False)
+    wide.columns.name = None
+    return wide.reset_index().round(2)
+
+
+def write_breakdown(table: pd.DataFrame, by: str, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write ``test-error-by-<by>.md`` (:func:`breakdown_view`) and ``.csv`` (long form) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    datasets = ", ".join(_datasets(table))
+    return [
+        atomic_write_text(out / f"test-error-by-{by}.md",
+                          f"# Test error (%) by {by} on {datasets}\n\n{to_markdown(breakdown_view(table), float_digits=2)}\n\n"
+                          "Written by the command in provenance.json; one column per checkpoint, n = test images per row.\n"),
+        write_csv(table, out / f"test-error-by-{by}.csv"),
+    ]
 
 
 def checkpoint_record(path: str | os.PathLike[str], checkpoint: dict[str, Any]) -> dict[str, Any]:
