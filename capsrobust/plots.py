@@ -180,7 +180,8 @@ def plot_probe_curves(curves: pd.DataFrame, path: str | os.PathLike[str], *, x: 
 
 
 def plot_time_to_error(metrics: pd.DataFrame, path: str | os.PathLike[str], *, title: str) -> Path:
-    """Validation error (log) against training wall time (minutes, evaluations excluded), one line per run.
+    """Validation error (log) against training wall time (minutes, evaluations excluded), one line per run
+    (a run trained without a validation set is named in the legend only).
 
     ``metrics``: :func:`~capsrobust.evaluation.learning_curves.load_metrics` tables with a ``train_seconds`` column
     (:func:`~capsrobust.evaluation.learning_curves.training_seconds`).
@@ -189,6 +190,9 @@ def plot_time_to_error(metrics: pd.DataFrame, path: str | os.PathLike[str], *, t
 
     fig, ax = pyplot().subplots(figsize=(7.5, 4.5))
     for run, rows in metrics.groupby("run", sort=False):
+        if "validation_error" not in rows or rows["validation_error"].isna().all():
+            ax.plot([], [], " ", label=f"{run}: no validation set (--holdout none)")
+            continue
         ax.plot(rows["train_seconds"] / 60, 100 * rows["validation_error"], marker=".", label=run)
     ax.set(xlabel="training wall time (minutes; evaluations excluded)", ylabel="validation error (%)", yscale="log")
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))

@@ -36,6 +36,7 @@ from torch import nn
 from capsrobust.checkpoints import (check_compatible, check_trained_on, evaluation_only, load_checkpoint,
                                     model_from_checkpoint, save_checkpoint)
 from capsrobust.data.prepared import PreparedData, prepare_data
+from capsrobust.data.splits import HOLDOUTS
 from capsrobust.data.transforms import AugmentParams, augment_batch, sample_augment_params
 from capsrobust.distributed import setup_distributed
 from capsrobust.errors import CheckpointError, ConfigError
@@ -70,6 +71,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: at every evaluation
     target_familiar_error: float | None = None
     max_eval_examples: int = 0  # 0: whole validation sets
+    holdout: str = "toy"  # splits.HOLDOUTS: one training toy per class for validation, or none (final fit)
     keep_checkpoints: bool = False  # also save checkpoints/step-<step>.pt (evaluation-only) at each evaluation
     margin_schedule: str | None = None  # capsule nets' spread-loss margin (losses.MARGIN_SCHEDULES); None: the preset's
     preset: str = "default"  # capsule-net recipe under the explicit options (presets.PRESETS)
@@ -90,6 +92,11 @@ class TrainConfig:
             raise ConfigError(f"--lr-decay must be in (0, 1] (1: constant learning rate), got {self.lr_decay}")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise ConfigError(f"--ema-decay must be in [0, 1) (0: no weight average), got {self.ema_decay}")
+        if self.holdout not in HOLDOUTS:
+            raise ConfigError(f"unknown --holdout {self.holdout!r}; valid: {', '.join(HOLDOUTS)}")
+        if self.holdout == "none" and self.target_familiar_error is not None:
+            raise ConfigError("--target-familiar-error matches on the held-out toy's validation error; "
+                              "drop it or train with --holdout toy")
         if self.target_familiar_error is not None and not 0 <= self.target_familiar_error <= 1:
             raise ConfigError(f"--target-familiar-error must be a fraction in [0, 1], got {self.target_familiar_error}")
         if self.max_eval_examples < 0:
@@ -300,6 +307,8 @@ def train(
         raise CheckpointError(f"{out} already holds a run ({last_path.name}); pass --resume to continue it or choose another --out")
 
     data = data if data is not None else prepare_data(config.data_dir, config.split, config.mode)
+    if config.holdout != "toy":
+        data = data.with_holdout(config.holdout)
     model_config = dict(config.model_overrides)
     if checkpoint is not None:
         check_compatible(last_path, checkpoint, {
@@ -308,9 +317,9 @@ def train(
         check_trained_on(last_path, checkpoint, data, advice="resume on the data it was trained on", log=log)
         saved = checkpoint["config"]
         defaults = {"margin_schedule": "run"}  # runs from before the option trained with it
-        defaults["ema_decay"] = 0.0  # runs from before the option kept no average
+        defaults.update(ema_decay=0.0, holdout="toy")  # runs from before these options
         for key in ("batch_size", "seed", "lr", "lr_decay", "lr_decay_every", "weight_decay", "margin_schedule",
-                    "ema_decay"):
+                    "ema_decay", "holdout"):
             if saved.get(key, defaults.get(key)) != getattr(config, key):
                 raise CheckpointError(f"{last_path}: checkpoint was trained with {key}={saved.get(key)!r}, not "
                                       f"{getattr(config, key)!r}; resume with the same settings")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from capsrobust.data.splits import SPLITS
+from capsrobust.data.splits import HOLDOUTS, SPLITS
 from capsrobust.losses import MARGIN_SCHEDULES
 from capsrobust.models import MODEL_NAMES, is_capsule_model
 from capsrobust.models.layers import BETA_PARAMETRISATIONS, COORDINATES, COST_NORMALISATIONS
@@ -38,6 +38,9 @@ from capsrobust_cli.errors import UserError
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory [default: runs/MODEL-SPLIT-seedSEED].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@click.option("--holdout", type=click.Choice(list(HOLDOUTS)), default="toy", show_default=True,
+              help="toy: hold one training toy per class out for validation (best.pt, matched.pt); none: train on "
+                   "all five (the paper's final fit; no validation, so use last.pt or averaged.pt).")
 @click.option("--target-familiar-error", type=float, default=None,
               help="Also keep matched.pt: the first checkpoint whose validation (familiar) error is <= this fraction.")
 @click.option("--eval-every", type=int, default=0, help="Steps between evaluations [default: once per epoch].")
@@ -76,7 +79,7 @@ from capsrobust_cli.errors import UserError
 @click.option("--no-progress", is_flag=True, help="No progress bar (metrics are still printed and logged).")
 def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: int | None, epochs: float | None,
           batch_size: int, lr: float | None, lr_decay: float | None, ema_decay: float | None, seed: int, out_dir: Path | None, resume: bool,
-          target_familiar_error: float | None, eval_every: int, checkpoint_every: int,
+          holdout: str, target_familiar_error: float | None, eval_every: int, checkpoint_every: int,
           iterations: int | None, lambda_scale: float | None, conv_lambda_scale: float | None,
           routing_schedule: str | None,
           beta_parametrisation: str | None, cost_normalisation: str | None, class_lambda_scale: float | None,
@@ -117,7 +120,7 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
     config = TrainConfig(model=model_name, split=split, data_dir=str(data_dir) if data_dir else None, mode=mode,
                          steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay, seed=seed,
                          ema_decay=ema_decay,
-                         target_familiar_error=target_familiar_error, eval_every=eval_every,
+                         holdout=holdout, target_familiar_error=target_familiar_error, eval_every=eval_every,
                          checkpoint_every=checkpoint_every, max_eval_examples=max_eval_examples,
                          margin_schedule=margin_schedule, preset=preset,
                          model_overrides=overrides)

@@ -437,3 +437,27 @@ def test_weight_average_of_a_capsule_net_follows_its_lazily_sized_buffers() -> N
     for (name, a), b in zip(average.average.named_buffers(), model.buffers()):
         assert torch.equal(a, b), name
     assert torch.isfinite(average.average(torch.rand(2, 2, 32, 32))).all()
+
+
+def test_holdout_none_trains_on_every_training_toy_without_validation(data_dir: Path, tmp_path: Path) -> None:
+    from capsrobust.data.prepared import prepare_data
+
+    held, every = prepare_data(data_dir), prepare_data(data_dir, holdout="none")
+    assert len(every.indices.validation) == 0 and len(held.indices.validation) > 0
+    assert len(every.indices.train) == len(held.indices.train) + len(held.indices.validation)
+    assert (every.indices.test_familiar == held.indices.test_familiar).all()
+
+    out = tmp_path / "all-toys"
+    result = CliRunner().invoke(cli, ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out),
+                                      *STEPS, "--holdout", "none", "--ema-decay", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "best.pt").exists() and (out / "averaged.pt").exists()
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["holdout"] == "none" and run["n_train"] == len(every.indices.train)
+    assert "validation_error" not in (out / "metrics.jsonl").read_text()
+    report = CliRunner().invoke(cli, ["evaluate", str(out / "averaged.pt"), "--data-dir", str(data_dir),
+                                      "--out", str(tmp_path / "report")])
+    assert report.exit_code == 0, report.output
+    assert_one_line_error(CliRunner().invoke(cli, ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out",
+                                                   str(tmp_path / "x"), "--holdout", "none",
+                                                   "--target-familiar-error", "0.5"]), "--holdout toy")

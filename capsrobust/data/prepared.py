@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 
 from capsrobust.data.smallnorb import NorbSplit, load_split
-from capsrobust.data.splits import SplitIndices, split_indices
+from capsrobust.data.splits import SplitIndices, holdout_instances, split_indices
 from capsrobust.data.transforms import downsample
 
 __all__ = ["PreparedData", "dataset_checksum", "prepare_data"]
@@ -63,11 +64,19 @@ class PreparedData:
     def describe(self) -> str:
         return f"{self.dataset} ({self.mode})"
 
+    def with_holdout(self, holdout: str) -> "PreparedData":
+        """The same data with the training toys held out per :data:`~capsrobust.data.splits.HOLDOUTS`."""
+        indices = split_indices(self.split, self.meta["training"], self.meta["testing"], holdout_instances(holdout))
+        return dataclasses.replace(self, indices=indices)
 
-def prepare_data(data_dir: str | os.PathLike[str] | None, split: str = "full", mode: str = "stereo") -> PreparedData:
-    """Load both files of the dataset (synthnorb when ``data_dir`` is None), downsample, index ``split``."""
+
+def prepare_data(data_dir: str | os.PathLike[str] | None, split: str = "full", mode: str = "stereo",
+                 holdout: str = "toy") -> PreparedData:
+    """Load both files of the dataset (synthnorb when ``data_dir`` is None), downsample, index ``split``
+    with the training toys held out per ``holdout`` (:data:`~capsrobust.data.splits.HOLDOUTS`)."""
+    instances = holdout_instances(holdout)
     train, test = load_split(data_dir, "training", mode), load_split(data_dir, "testing", mode)
-    indices = split_indices(split, train.meta, test.meta)
+    indices = split_indices(split, train.meta, test.meta, instances)
     recipe = None
     if train.dataset == "synthnorb":
         from capsrobust.data.synthnorb.recipe import read_recipe

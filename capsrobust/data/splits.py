@@ -22,7 +22,7 @@ import pandas as pd
 
 from capsrobust.errors import ConfigError
 
-__all__ = ["SPLITS", "SplitIndices", "ViewpointSplit", "get_split", "split_indices"]
+__all__ = ["HOLDOUTS", "SPLITS", "SplitIndices", "ViewpointSplit", "get_split", "holdout_instances", "split_indices"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,19 @@ SPLITS: dict[str, ViewpointSplit] = {
 #: Held-out validation toy per class (label -> training instance). A different instance for each
 #: class, so that no single instance number carries the whole validation set; fixed, so runs agree.
 DEFAULT_VALIDATION_INSTANCES: dict[int, int] = {0: 4, 1: 6, 2: 7, 3: 8, 4: 9}
+
+#: What a training run holds out of the training toys: ``toy`` (the default) one toy per class for
+#: validation, so checkpoints can be chosen and matched on unseen toys; ``none`` nothing -- the
+#: final fit on all five training toys per class, as the paper trains, with no validation set.
+HOLDOUTS: dict[str, dict[int, int]] = {"toy": DEFAULT_VALIDATION_INSTANCES, "none": {}}
+
+
+def holdout_instances(holdout: str) -> dict[int, int]:
+    """label -> held-out training instance for a :data:`HOLDOUTS` name; ConfigError otherwise."""
+    try:
+        return HOLDOUTS[holdout]
+    except KeyError:
+        raise ConfigError(f"unknown holdout {holdout!r}; choose one of: {', '.join(HOLDOUTS)}") from None
 
 
 @dataclass(frozen=True)
