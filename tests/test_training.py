@@ -461,3 +461,14 @@ def test_holdout_none_trains_on_every_training_toy_without_validation(data_dir: 
     assert_one_line_error(CliRunner().invoke(cli, ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out",
                                                    str(tmp_path / "x"), "--holdout", "none",
                                                    "--target-familiar-error", "0.5"]), "--holdout toy")
+
+
+def test_seed_spread_keeps_two_checkpoints_of_one_run_apart() -> None:
+    from capsrobust.reporting.evaluation import seed_spread
+
+    table = pd.DataFrame({"model": "cnn", "checkpoint": ["a-seed0/best.pt", "a-seed1/best.pt", "a-seed0/averaged.pt",
+                                                         "a-seed1/averaged.pt"],
+                          "seed": [0, 1, 0, 1], "preset": "default", "crops": 1, "subset": "test",
+                          "dataset": "synthnorb (stereo)", "error": [0.1, 0.2, 0.3, 0.5]})
+    spread = seed_spread(table).set_index("file")
+    assert spread.loc["best.pt", "seeds"] == 2 and spread.loc["averaged.pt", "error_%_mean"] == pytest.approx(40.0)

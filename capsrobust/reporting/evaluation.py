@@ -77,8 +77,11 @@ def checkpoint_record(path: str | os.PathLike[str], checkpoint: dict[str, Any]) 
 
 
 def seed_spread(table: pd.DataFrame) -> pd.DataFrame | None:
-    """Test error (%) mean, std and count over seeds per (model, preset, crops, test set); None with one seed each."""
-    keys = [c for c in ("model", "preset", "crops", "subset", "dataset") if c in table]
+    """Test error (%) mean, std and count over seeds per (model, preset, checkpoint file, crops, test set);
+    None with one seed each. The file (best.pt, averaged.pt, ...) keeps different weights of one run apart."""
+    if "checkpoint" in table:
+        table = table.assign(file=table["checkpoint"].str.rsplit("/", n=1).str[-1])
+    keys = [c for c in ("model", "preset", "file", "crops", "subset", "dataset") if c in table]
     groups = table.groupby(keys, sort=False)
     if groups["seed"].nunique().max() < 2:
         return None
