@@ -472,3 +472,6 @@ def test_seed_spread_keeps_two_checkpoints_of_one_run_apart() -> None:
                           "dataset": "synthnorb (stereo)", "error": [0.1, 0.2, 0.3, 0.5]})
     spread = seed_spread(table).set_index("file")
     assert spread.loc["best.pt", "seeds"] == 2 and spread.loc["averaged.pt", "error_%_mean"] == pytest.approx(40.0)
+    assert set(spread["runs"]) == {"a-seed*"}
+    arms = pd.concat([table, table.assign(checkpoint=table["checkpoint"].str.replace("a-", "b-"))], ignore_index=True)
+    assert (seed_spread(arms)["seeds"] == 2).all()  # two arms of an ablation are not pooled

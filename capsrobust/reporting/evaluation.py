@@ -77,11 +77,13 @@ def checkpoint_record(path: str | os.PathLike[str], checkpoint: dict[str, Any]) 
 
 
 def seed_spread(table: pd.DataFrame) -> pd.DataFrame | None:
-    """Test error (%) mean, std and count over seeds per (model, preset, checkpoint file, crops, test set);
-    None with one seed each. The file (best.pt, averaged.pt, ...) keeps different weights of one run apart."""
+    """Test error (%) mean, std and count over seeds per (model, preset, runs, checkpoint file, crops, test set);
+    None with one seed each. ``runs``: the run directory's name without its ``-seedN`` suffix, so arms
+    of an ablation are not pooled; the file (best.pt, averaged.pt, ...) keeps weights of one run apart."""
     if "checkpoint" in table:
-        table = table.assign(file=table["checkpoint"].str.rsplit("/", n=1).str[-1])
-    keys = [c for c in ("model", "preset", "file", "crops", "subset", "dataset") if c in table]
+        run, file = table["checkpoint"].str.rsplit("/", n=1).str[0], table["checkpoint"].str.rsplit("/", n=1).str[-1]
+        table = table.assign(runs=run.str.replace(r"-seed\d+$", "-seed*", regex=True), file=file)
+    keys = [c for c in ("model", "preset", "runs", "file", "crops", "subset", "dataset") if c in table]
     groups = table.groupby(keys, sort=False)
     if groups["seed"].nunique().max() < 2:
         return None
