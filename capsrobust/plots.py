@@ -181,7 +181,7 @@ def plot_probe_curves(curves: pd.DataFrame, path: str | os.PathLike[str], *, x: 
 
 def plot_time_to_error(metrics: pd.DataFrame, path: str | os.PathLike[str], *, title: str) -> Path:
     """Validation error (log) against training wall time (minutes, evaluations excluded), one line per run
-    (a run trained without a validation set is named in the legend only).
+    (a run trained without a validation set shows its training error, dotted).
 
     ``metrics``: :func:`~capsrobust.evaluation.learning_curves.load_metrics` tables with a ``train_seconds`` column
     (:func:`~capsrobust.evaluation.learning_curves.training_seconds`).
@@ -189,12 +189,16 @@ def plot_time_to_error(metrics: pd.DataFrame, path: str | os.PathLike[str], *, t
     from matplotlib.ticker import LogLocator, NullFormatter
 
     fig, ax = pyplot().subplots(figsize=(7.5, 4.5))
+    untested = False
     for run, rows in metrics.groupby("run", sort=False):
         if "validation_error" not in rows or rows["validation_error"].isna().all():
-            ax.plot([], [], " ", label=f"{run}: no validation set (--holdout none)")
+            untested = True
+            ax.plot(rows["train_seconds"] / 60, 100 * rows["train_error"], linestyle=":", marker=".",
+                    label=f"{run} (training error: no validation set)")
             continue
         ax.plot(rows["train_seconds"] / 60, 100 * rows["validation_error"], marker=".", label=run)
-    ax.set(xlabel="training wall time (minutes; evaluations excluded)", ylabel="validation error (%)", yscale="log")
+    ax.set(xlabel="training wall time (minutes; evaluations excluded)", yscale="log",
+           ylabel="validation error (%)" + ("; dotted: training error" if untested else ""))
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_minor_formatter(NullFormatter())
     plain_tick_labels(ax.yaxis)
