@@ -216,7 +216,7 @@ def test_evaluate_writes_side_by_side_table_curves_and_provenance(data_dir: Path
     report = tmp_path / "report"
     result = CliRunner().invoke(cli, ["evaluate", str(runs["capsules-small"] / "best.pt"), str(runs["cnn"] / "best.pt"),
                                       "--data-dir", str(data_dir), "--both-crops", "--by", "instance", "--by",
-                                      "lighting", "--out", str(report)])
+                                      "lighting", "--confusion", "--out", str(report)])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(report / "test-error.csv")
     for by, keys in (("instance", ["label", "instance"]), ("lighting", ["lighting"])):
@@ -230,6 +230,12 @@ def test_evaluate_writes_side_by_side_table_curves_and_provenance(data_dir: Path
     wide = (report / "test-error-by-instance.md").read_text()
     assert "capsules-small/best.pt" in wide and "cnn/best.pt" in wide and "| class" in wide
     assert "Test error (%) by lighting" in result.output
+    confusion = pd.read_csv(report / "confusion.csv")
+    assert len(confusion) == len(table) * 25  # every (true, predicted) pair of 5 classes, per checkpoint and crops
+    wrong = confusion[confusion["true"] != confusion["predicted"]].groupby(["checkpoint", "crops"])["count"].sum()
+    overall = table.set_index(["checkpoint", "crops"])
+    assert ((wrong / overall["n"].reindex(wrong.index) - overall["error"].reindex(wrong.index)).abs() < 1e-6).all()
+    assert "rows: true class" in (report / "confusion.md").read_text()
     assert sorted(set(table["model"])) == ["capsules-small", "cnn"]
     assert sorted(set(table["crops"])) == [1, 13]
     assert table["error"].between(0, 1).all()

@@ -13,8 +13,8 @@ from capsrobust.checkpoints import LoadedModel, load_model
 from capsrobust.data.smallnorb import CLASS_NAMES
 from capsrobust.models.prediction import predict_scores
 
-__all__ = ["BREAKDOWNS", "TestPredictions", "breakdown_table", "error_table", "evaluate_checkpoint",
-           "test_predictions"]
+__all__ = ["BREAKDOWNS", "TestPredictions", "breakdown_table", "confusion_table", "error_table",
+           "evaluate_checkpoint", "test_predictions"]
 
 #: ``--by`` choices: the meta columns each breakdown groups the test images by.
 BREAKDOWNS: dict[str, tuple[str, ...]] = {
@@ -28,7 +28,7 @@ BREAKDOWNS: dict[str, tuple[str, ...]] = {
 @dataclass
 class TestPredictions:
     """Per test subset (``test``, or ``test_familiar``/``test_novel`` for a viewpoint split): the
-    examples' meta rows with ``wrong`` (bool) added. ``crops``: 1 (centre) or 13 (the paper's test)."""
+    examples' meta rows with ``predicted`` (class index) and ``wrong`` (bool) added. ``crops``: 1 (centre) or 13 (the paper's test)."""
 
     model: str
     dataset: str
@@ -50,7 +50,8 @@ def test_predictions(loaded: LoadedModel, *, multi_crop: bool = False, batch_siz
         index = torch.as_tensor(getattr(data.indices, subset), dtype=torch.long)
         predicted = predict_scores(loaded.model, images, multi=multi_crop, batch_size=batch_size).argmax(dim=1)
         rows = meta.iloc[index.numpy()].reset_index(drop=True)
-        subsets["test" if data.split == "full" else subset] = rows.assign(wrong=(predicted != labels).numpy())
+        subsets["test" if data.split == "full" else subset] = rows.assign(predicted=predicted.numpy(),
+                                                                          wrong=(predicted != labels).numpy())
     return TestPredictions(model=loaded.name, dataset=data.describe(), split=data.split,
                            crops=13 if multi_crop else 1, step=int(loaded.checkpoint["step"]), subsets=subsets)
 
@@ -88,6 +89,25 @@ def breakdown_table(predictions: TestPredictions, by: str) -> pd.DataFrame:
     table = pd.concat(parts, ignore_index=True)
     if "label" in keys:
         table.insert(table.columns.get_loc("label") + 1, "class", [CLASS_NAMES[i] for i in table["label"]])
+    for column, value in reversed(_rows(predictions).items()):
+        table.insert(0, column, value)
+    table.attrs.update(dataset=predictions.dataset, step=predictions.step)
+    return table
+
+
+def confusion_table(predictions: TestPredictions) -> pd.DataFrame:
+    """Counts of test images per (``subset``, ``crops``, ``true`` class, ``predicted`` class), every pair
+    listed (zeros included); ``attrs`` as :func:`error_table`."""
+    parts = []
+    for subset, rows in predictions.subsets.items():
+        counts = pd.crosstab(rows["label"], rows["predicted"]).reindex(
+            index=range(len(CLASS_NAMES)), columns=range(len(CLASS_NAMES)), fill_value=0)
+        long = counts.stack().rename("count").reset_index()
+        long.columns = ["true", "predicted", "count"]
+        long["true"] = [CLASS_NAMES[i] for i in long["true"]]
+        long["predicted"] = [CLASS_NAMES[i] for i in long["predicted"]]
+        parts.append(long.assign(subset=subset, crops=predictions.crops))
+    table = pd.concat(parts, ignore_index=True)[["subset", "crops", "true", "predicted", "count"]]
     for column, value in reversed(_rows(predictions).items()):
         table.insert(0, column, value)
     table.attrs.update(dataset=predictions.dataset, step=predictions.step)

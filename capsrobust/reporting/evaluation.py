@@ -20,7 +20,7 @@ from capsrobust.files import atomic_write_text, write_csv, write_json
 from capsrobust.provenance import file_sha256, provenance
 from capsrobust.reporting import to_markdown
 
-__all__ = ["breakdown_view", "checkpoint_record", "combine_test_errors", "evaluation_text", "label_test_errors",
+__all__ = ["breakdown_view", "checkpoint_record", "confusion_view", "write_confusion", "combine_test_errors", "evaluation_text", "label_test_errors",
            "seed_spread", "write_breakdown", "write_evaluation_report"]
 
 
@@ -62,6 +62,29 @@ def write_breakdown(table: pd.DataFrame, by: str, out_dir: str | os.PathLike[str
                           f"# Test error (%) by {by} on {datasets}\n\n{to_markdown(breakdown_view(table), float_digits=2)}\n\n"
                           "Written by the command in provenance.json; one column per checkpoint, n = test images per row.\n"),
         write_csv(table, out / f"test-error-by-{by}.csv"),
+    ]
+
+
+def confusion_view(table: pd.DataFrame) -> str:
+    """The combined, labelled :func:`~capsrobust.evaluation.checkpoint_eval.confusion_table` of several
+    checkpoints as markdown: one true x predicted count matrix per checkpoint (and subset, crops)."""
+    blocks = []
+    for (checkpoint, subset, crops), rows in table.groupby(["checkpoint", "subset", "crops"], sort=False):
+        matrix = rows.pivot_table(index="true", columns="predicted", values="count", sort=False).astype(int)
+        matrix.columns.name = None
+        blocks.append(f"{checkpoint}, {subset}, crops {crops} (rows: true class; columns: predicted)\n\n"
+                      f"{to_markdown(matrix.reset_index())}")
+    return "\n\n".join(blocks)
+
+
+def write_confusion(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write ``confusion.md`` (:func:`confusion_view`) and ``confusion.csv`` (long form) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        atomic_write_text(out / "confusion.md", f"# Confusion matrices on {', '.join(_datasets(table))}\n\n"
+                          f"{confusion_view(table)}\n\nWritten by the command in provenance.json.\n"),
+        write_csv(table, out / "confusion.csv"),
     ]
 
 
