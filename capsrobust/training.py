@@ -306,9 +306,8 @@ def train(
     elif last_path.exists():
         raise CheckpointError(f"{out} already holds a run ({last_path.name}); pass --resume to continue it or choose another --out")
 
-    data = data if data is not None else prepare_data(config.data_dir, config.split, config.mode)
-    if config.holdout != "toy":
-        data = data.with_holdout(config.holdout)
+    data = (data if data is not None else prepare_data(config.data_dir, config.split, config.mode)
+            ).with_holdout(config.holdout)
     model_config = dict(config.model_overrides)
     if checkpoint is not None:
         check_compatible(last_path, checkpoint, {
@@ -316,8 +315,7 @@ def train(
         })
         check_trained_on(last_path, checkpoint, data, advice="resume on the data it was trained on", log=log)
         saved = checkpoint["config"]
-        defaults = {"margin_schedule": "run"}  # runs from before the option trained with it
-        defaults.update(ema_decay=0.0, holdout="toy")  # runs from before these options
+        defaults = {"margin_schedule": "run", "ema_decay": 0.0, "holdout": "toy"}  # runs from before these options
         for key in ("batch_size", "seed", "lr", "lr_decay", "lr_decay_every", "weight_decay", "margin_schedule",
                     "ema_decay", "holdout"):
             if saved.get(key, defaults.get(key)) != getattr(config, key):

@@ -448,7 +448,8 @@ def test_weight_average_of_a_capsule_net_follows_its_lazily_sized_buffers() -> N
 def test_holdout_none_trains_on_every_training_toy_without_validation(data_dir: Path, tmp_path: Path) -> None:
     from capsrobust.data.prepared import prepare_data
 
-    held, every = prepare_data(data_dir), prepare_data(data_dir, holdout="none")
+    held = prepare_data(data_dir)
+    every = held.with_holdout("none")
     assert len(every.indices.validation) == 0 and len(held.indices.validation) > 0
     assert len(every.indices.train) == len(held.indices.train) + len(held.indices.validation)
     assert (every.indices.test_familiar == held.indices.test_familiar).all()

@@ -70,13 +70,11 @@ class PreparedData:
         return dataclasses.replace(self, indices=indices)
 
 
-def prepare_data(data_dir: str | os.PathLike[str] | None, split: str = "full", mode: str = "stereo",
-                 holdout: str = "toy") -> PreparedData:
+def prepare_data(data_dir: str | os.PathLike[str] | None, split: str = "full", mode: str = "stereo") -> PreparedData:
     """Load both files of the dataset (synthnorb when ``data_dir`` is None), downsample, index ``split``
-    with the training toys held out per ``holdout`` (:data:`~capsrobust.data.splits.HOLDOUTS`)."""
-    instances = holdout_instances(holdout)
+    (one training toy per class held out for validation; :meth:`PreparedData.with_holdout` changes that)."""
     train, test = load_split(data_dir, "training", mode), load_split(data_dir, "testing", mode)
-    indices = split_indices(split, train.meta, test.meta, instances)
+    indices = split_indices(split, train.meta, test.meta)
     recipe = None
     if train.dataset == "synthnorb":
         from capsrobust.data.synthnorb.recipe import read_recipe

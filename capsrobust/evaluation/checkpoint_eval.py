@@ -56,21 +56,21 @@ def test_predictions(loaded: LoadedModel, *, multi_crop: bool = False, batch_siz
                            crops=13 if multi_crop else 1, step=int(loaded.checkpoint["step"]), subsets=subsets)
 
 
-def _rows(predictions: TestPredictions) -> dict[str, object]:
-    return {"model": predictions.model, "dataset": predictions.dataset, "split": predictions.split}
-
-
-def error_table(loaded: LoadedModel | TestPredictions, *, multi_crop: bool = False,
-                batch_size: int = 256) -> pd.DataFrame:
-    """One row per non-empty test subset: ``model``, ``dataset``, ``split``, ``subset``, ``crops``,
-    ``n``, ``error``; ``attrs`` hold the dataset and the checkpoint's step. Takes a loaded model (scored
-    here) or its :func:`test_predictions`."""
-    predictions = loaded if isinstance(loaded, TestPredictions) else test_predictions(
-        loaded, multi_crop=multi_crop, batch_size=batch_size)
-    table = pd.DataFrame([{**_rows(predictions), "subset": subset, "crops": predictions.crops, "n": len(rows),
-                           "error": float(rows["wrong"].mean())} for subset, rows in predictions.subsets.items()])
+def _identified(table: pd.DataFrame, predictions: TestPredictions) -> pd.DataFrame:
+    """``table`` with ``model``, ``dataset``, ``split`` as its first columns and ``attrs`` holding the
+    dataset and the checkpoint's step (changed in place and returned)."""
+    for column, value in (("split", predictions.split), ("dataset", predictions.dataset), ("model", predictions.model)):
+        table.insert(0, column, value)
     table.attrs.update(dataset=predictions.dataset, step=predictions.step)
     return table
+
+
+def error_table(predictions: TestPredictions) -> pd.DataFrame:
+    """One row per non-empty test subset: ``model``, ``dataset``, ``split``, ``subset``, ``crops``,
+    ``n``, ``error``; ``attrs`` hold the dataset and the checkpoint's step."""
+    return _identified(pd.DataFrame([{"subset": subset, "crops": predictions.crops, "n": len(rows),
+                                      "error": float(rows["wrong"].mean())}
+                                     for subset, rows in predictions.subsets.items()]), predictions)
 
 
 def breakdown_table(predictions: TestPredictions, by: str) -> pd.DataFrame:
@@ -89,10 +89,7 @@ def breakdown_table(predictions: TestPredictions, by: str) -> pd.DataFrame:
     table = pd.concat(parts, ignore_index=True)
     if "label" in keys:
         table.insert(table.columns.get_loc("label") + 1, "class", [CLASS_NAMES[i] for i in table["label"]])
-    for column, value in reversed(_rows(predictions).items()):
-        table.insert(0, column, value)
-    table.attrs.update(dataset=predictions.dataset, step=predictions.step)
-    return table
+    return _identified(table, predictions)
 
 
 def confusion_table(predictions: TestPredictions) -> pd.DataFrame:
@@ -107,11 +104,8 @@ def confusion_table(predictions: TestPredictions) -> pd.DataFrame:
         long["true"] = [CLASS_NAMES[i] for i in long["true"]]
         long["predicted"] = [CLASS_NAMES[i] for i in long["predicted"]]
         parts.append(long.assign(subset=subset, crops=predictions.crops))
-    table = pd.concat(parts, ignore_index=True)[["subset", "crops", "true", "predicted", "count"]]
-    for column, value in reversed(_rows(predictions).items()):
-        table.insert(0, column, value)
-    table.attrs.update(dataset=predictions.dataset, step=predictions.step)
-    return table
+    return _identified(pd.concat(parts, ignore_index=True)[["subset", "crops", "true", "predicted", "count"]],
+                       predictions)
 
 
 def evaluate_checkpoint(
@@ -129,4 +123,4 @@ def evaluate_checkpoint(
     on smallNORB, nor on a synthnorb render of another recipe).
     """
     loaded = load_model(path, data_dir=data_dir, split=split, advice="evaluate on the data it was trained on")
-    return error_table(loaded, multi_crop=multi_crop, batch_size=batch_size)
+    return error_table(test_predictions(loaded, multi_crop=multi_crop, batch_size=batch_size))
