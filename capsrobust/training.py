@@ -37,7 +37,13 @@ from capsrobust.checkpoints import (check_compatible, check_trained_on, evaluati
                                     model_from_checkpoint, save_checkpoint)
 from capsrobust.data.prepared import PreparedData, prepare_data
 from capsrobust.data.splits import HOLDOUTS
-from capsrobust.data.transforms import AugmentParams, augment_batch, sample_augment_params
+from capsrobust.data.transforms import (
+    AugmentParams,
+    augment_batch,
+    sample_augment_params,
+    sample_stretch,
+    stretch_batch,
+)
 from capsrobust.distributed import setup_distributed
 from capsrobust.errors import CheckpointError, ConfigError
 from capsrobust.losses import MARGIN_SCHEDULES, cross_entropy, margin_at, spread_loss
@@ -65,6 +71,7 @@ class TrainConfig:
     lr_decay: float | None = None  # multiplied every lr_decay_every steps; None: the preset's (presets.Preset)
     lr_decay_every: int = 0  # 0: total_steps // 20 (the paper's 20k-step period, scaled to the run)
     weight_decay: float = 2e-7
+    shape_jitter: float = 0.0  # random size/aspect change per axis before the crop (transforms.sample_stretch); 0: off
     ema_decay: float | None = None  # weight average (weight_average.py) evaluated and saved; 0: off; None: the preset's
     seed: int = 0
     eval_every: int = 0  # 0: once per epoch, at least 10 times per run
@@ -92,6 +99,9 @@ class TrainConfig:
             raise ConfigError(f"--lr-decay must be in (0, 1] (1: constant learning rate), got {self.lr_decay}")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise ConfigError(f"--ema-decay must be in [0, 1) (0: no weight average), got {self.ema_decay}")
+        if not 0 <= self.shape_jitter < 1:
+            raise ConfigError(f"--shape-jitter must be in [0, 1) (0: off; 0.15: each axis x1/1.15 to x1.15), "
+                              f"got {self.shape_jitter}")
         if self.holdout not in HOLDOUTS:
             raise ConfigError(f"unknown --holdout {self.holdout!r}; valid: {', '.join(HOLDOUTS)}")
         if self.holdout == "none" and self.target_familiar_error is not None:
@@ -315,9 +325,9 @@ def train(
         })
         check_trained_on(last_path, checkpoint, data, advice="resume on the data it was trained on", log=log)
         saved = checkpoint["config"]
-        defaults = {"margin_schedule": "run", "ema_decay": 0.0, "holdout": "toy"}  # runs from before these options
+        defaults = {"margin_schedule": "run", "ema_decay": 0.0, "holdout": "toy", "shape_jitter": 0.0}  # runs from before these options
         for key in ("batch_size", "seed", "lr", "lr_decay", "lr_decay_every", "weight_decay", "margin_schedule",
-                    "ema_decay", "holdout"):
+                    "ema_decay", "holdout", "shape_jitter"):
             if saved.get(key, defaults.get(key)) != getattr(config, key):
                 raise CheckpointError(f"{last_path}: checkpoint was trained with {key}={saved.get(key)!r}, not "
                                       f"{getattr(config, key)!r}; resume with the same settings")
@@ -385,9 +395,15 @@ def train(
             idx = _batch_indices(len(train_labels), config.batch_size, config.seed, step)
             generator = torch.Generator().manual_seed(_derived_seed(config.seed, 2, step))
             params = sample_augment_params(len(idx), generator=generator)  # drawn for the global batch
+            stretch = (sample_stretch(len(idx), config.shape_jitter,  # its own stream: jitter 0 changes no draw
+                                      torch.Generator().manual_seed(_derived_seed(config.seed, 4, step)))
+                       if config.shape_jitter else None)
             idx, params = dist.shard(idx), AugmentParams(
                 *(dist.shard(getattr(params, f.name)) for f in dataclasses.fields(params)))
-            images = augment_batch(train_images[idx], params).to(dist.device, non_blocking=True)
+            originals = train_images[idx]
+            if stretch is not None:
+                originals = stretch_batch(originals, dist.shard(stretch))
+            images = augment_batch(originals, params).to(dist.device, non_blocking=True)
             labels = train_labels[idx].to(dist.device, non_blocking=True)
             torch.manual_seed(_derived_seed(config.seed, 3, step, *((dist.rank,) if dist.rank else ())))  # dropout
             for group in optimizer.param_groups:

@@ -34,6 +34,10 @@ from capsrobust_cli.errors import UserError
 @click.option("--ema-decay", type=float, default=None,
               help="Keep an exponential moving average of the weights with this decay (e.g. 0.999: ~1,000 steps) and "
                    "evaluate and save it instead of the last weights; 0: none [default: the preset's].")
+@click.option("--shape-jitter", type=float, default=0.0, show_default=True,
+              help="Before the crop, stretch each training image about its centre by a random factor per axis, "
+                   "log-uniform in [1/(1+J), 1+J] (size and aspect ratio, as toy instances differ); 0: off "
+                   "(the paper's augmentation).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory [default: runs/MODEL-SPLIT-seedSEED].")
@@ -78,7 +82,8 @@ from capsrobust_cli.errors import UserError
               help="Evaluate on at most this many examples of each validation set (0: all).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (metrics are still printed and logged).")
 def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: int | None, epochs: float | None,
-          batch_size: int, lr: float | None, lr_decay: float | None, ema_decay: float | None, seed: int, out_dir: Path | None, resume: bool,
+          batch_size: int, lr: float | None, lr_decay: float | None, ema_decay: float | None, shape_jitter: float,
+          seed: int, out_dir: Path | None, resume: bool,
           holdout: str, target_familiar_error: float | None, eval_every: int, checkpoint_every: int,
           iterations: int | None, lambda_scale: float | None, conv_lambda_scale: float | None,
           routing_schedule: str | None,
@@ -119,7 +124,7 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
                         "drop it or choose --model capsules/capsules-small")
     config = TrainConfig(model=model_name, split=split, data_dir=str(data_dir) if data_dir else None, mode=mode,
                          steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay, seed=seed,
-                         ema_decay=ema_decay,
+                         ema_decay=ema_decay, shape_jitter=shape_jitter,
                          holdout=holdout, target_familiar_error=target_familiar_error, eval_every=eval_every,
                          checkpoint_every=checkpoint_every, max_eval_examples=max_eval_examples,
                          margin_schedule=margin_schedule, preset=preset,

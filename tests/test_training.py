@@ -482,3 +482,21 @@ def test_seed_spread_keeps_two_checkpoints_of_one_run_apart() -> None:
     assert set(spread["runs"]) == {"a-seed*"}
     arms = pd.concat([table, table.assign(checkpoint=table["checkpoint"].str.replace("a-", "b-"))], ignore_index=True)
     assert (seed_spread(arms)["seeds"] == 2).all()  # two arms of an ablation are not pooled
+
+
+def test_shape_jitter_stretches_training_images_and_is_recorded(data_dir: Path, tmp_path: Path) -> None:
+    def run(out: Path, *extra: str):
+        return CliRunner().invoke(cli, ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out),
+                                        *STEPS, *extra])
+
+    out, plain = tmp_path / "jitter", tmp_path / "plain"
+    result = run(out, "--shape-jitter", "0.15")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "run.json").read_text())["config"]["shape_jitter"] == 0.15
+    assert run(plain).exit_code == 0
+    jittered, default = load_checkpoint(out / "last.pt"), load_checkpoint(plain / "last.pt")
+    assert any(not torch.equal(v, default["model_state"][k]) for k, v in jittered["model_state"].items())
+    refused = run(out, "--resume")
+    assert refused.exit_code == 2 and "shape_jitter=0.15" in refused.output
+    assert_one_line_error(CliRunner().invoke(cli, ["train", "--model", "cnn", "--shape-jitter", "1"]),
+                          "--shape-jitter must be in [0, 1)")

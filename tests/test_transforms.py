@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from torchvision.transforms.v2 import functional as TF
@@ -96,3 +97,30 @@ def test_augment_params_cover_the_paper_ranges() -> None:
     assert params.top.min() == 0 and params.top.max() == 16 and params.left.max() == 16
     assert params.brightness.abs().max() <= 63 / 255 and params.brightness.abs().max() > 0.24
     assert 0.2 <= params.contrast.min() < 0.22 and 1.78 < params.contrast.max() <= 1.8
+
+
+def test_stretch_of_one_gives_the_images_back() -> None:
+    images = torch.rand(3, 2, 48, 48)
+    assert torch.allclose(T.stretch_batch(images, torch.ones(3, 2)), images, atol=1e-5)
+
+
+def test_stretch_magnifies_each_axis_about_the_centre() -> None:
+    images = torch.zeros(1, 1, 48, 48)
+    images[..., 20:28, 22:26] = 1.0  # a centred bar: 8 rows by 4 columns
+    out = T.stretch_batch(images, torch.tensor([[1.0, 2.0]]))  # x twice as wide, y unchanged
+    rows, cols = (out[0, 0] > 0.5).nonzero(as_tuple=True)
+    assert (rows.min().item(), rows.max().item()) == (20, 27)
+    assert (cols.min().item(), cols.max().item()) == (20, 27)  # 4 columns about the centre become 8
+    shrunk = T.stretch_batch(torch.ones(1, 1, 48, 48), torch.tensor([[0.5, 0.5]]))
+    assert torch.allclose(shrunk, torch.ones_like(shrunk))  # the border extends, no black frame
+
+
+def test_stretch_factors_are_log_uniform_within_the_jitter() -> None:
+    factors = T.sample_stretch(20_000, 0.15, torch.Generator().manual_seed(0))
+    assert factors.shape == (20_000, 2)
+    assert factors.min() >= 1 / 1.15 and factors.max() <= 1.15
+    assert abs(factors.log().mean().item()) < 0.005  # shrinking as likely as growing
+    assert abs(torch.corrcoef(factors.log().T)[0, 1].item()) < 0.03  # axes independent: aspect changes too
+    assert torch.equal(T.sample_stretch(4, 0.0), torch.ones(4, 2))
+    with pytest.raises(ValueError, match="jitter"):
+        T.sample_stretch(4, 1.0)

@@ -6,12 +6,17 @@ shift of at most 63/255, random contrast factor in [0.2, 1.8]), at test time :fu
 (centre 32×32 crop) or :func:`multi_crop` (13 crops). Images stay in [0, 1]; per-image
 standardisation belongs to the models, so attack budgets are in pixel units.
 
+Optional, not in the paper: :func:`stretch_batch` magnifies each 48×48 image about its centre by a
+random factor per axis (:func:`sample_stretch`) before the crop -- a change of size and aspect ratio,
+the way one toy instance differs from another (``capsrobust train --shape-jitter``).
+
 Stereo examples have two channels, one per camera; photometric jitter draws one brightness and
 one contrast value per example and applies them to both cameras (each camera keeps its own mean).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +36,8 @@ __all__ = [
     "center_crop",
     "downsample",
     "multi_crop",
+    "sample_stretch",
+    "stretch_batch",
     "test_transform",
     "train_transform",
 ]
@@ -180,3 +187,25 @@ def augment_batch(
     mean = crops.mean(dim=(-2, -1), keepdim=True)
     factor = params.contrast[:, None, None, None]
     return (factor * crops + (1 - factor) * mean).clamp_(0.0, 1.0)
+
+
+def sample_stretch(n: int, jitter: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-example magnifications ``(N, 2)`` float32 (rows ``(s_y, s_x)``), each axis drawn
+    independently, log-uniform in ``[1 / (1 + jitter), 1 + jitter]`` (so shrinking and growing are
+    equally likely and the aspect ratio changes too)."""
+    if not 0 <= jitter < 1:
+        raise ValueError(f"jitter must be in [0, 1), got {jitter}")
+    bound = math.log1p(jitter)
+    return torch.exp((torch.rand(n, 2, generator=generator) * 2 - 1) * bound)
+
+
+def stretch_batch(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Magnify each image about its centre: ``(N, C, H, W)``, factors ``(N, 2)`` as ``(s_y, s_x)`` →
+    ``(N, C, H, W)``. Bilinear; where a shrunken image leaves the frame, its border pixels extend
+    (the background, in NORB-like images). Factors of 1 give the images back."""
+    n = images.shape[0]
+    theta = torch.zeros(n, 2, 3, dtype=images.dtype)
+    theta[:, 0, 0] = 1 / factors[:, 1]  # affine_grid maps output to input coordinates: x / s_x
+    theta[:, 1, 1] = 1 / factors[:, 0]
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
