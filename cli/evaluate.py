@@ -20,7 +20,8 @@ CSV, beside provenance.json (command, commit, seed, dataset and its checksum, SH
 checkpoint), learning-curves.png (from each run directory's metrics.jsonl) and time-to-error.png
 (validation error against training wall time). --by breaks the test error down by test toy
 (instance), lighting, elevation or azimuth, one column per checkpoint (test-error-by-BY.md/.csv);
---confusion adds each checkpoint's confusion matrix (confusion.md/.csv).
+--confusion adds each checkpoint's confusion matrix (confusion.md/.csv) and, with --by, one row
+per true class and group, e.g. per test toy (confusion-by-BY.md/.csv).
 
 \b
 Examples:
@@ -28,7 +29,7 @@ Examples:
   capsrobust evaluate runs/caps/best.pt runs/cnn/best.pt --multi-crop --out results/train
   capsrobust evaluate runs/caps-az/matched.pt --split azimuth
   capsrobust evaluate runs/caps/best.pt runs/cnn/best.pt --by instance --by lighting
-  capsrobust evaluate runs/caps/best.pt --confusion
+  capsrobust evaluate runs/caps/best.pt --confusion --by instance
 """
 
 
@@ -59,7 +60,8 @@ def evaluate(checkpoints: tuple[Path, ...], split: str | None, data_dir: Path | 
     crops = (False, True) if both_crops else (multi_crop,)
     tables, records = [], []
     by_tables: dict[str, list] = {by: [] for by in dict.fromkeys(breakdowns)}
-    confusions = []
+    confusion_bys: tuple[str | None, ...] = (None, *dict.fromkeys(breakdowns)) if confusion else ()
+    confusions: dict[str | None, list] = {by: [] for by in confusion_bys}
     for path in checkpoints:
         # One-line error for a missing/foreign/truncated file or a checkpoint trained on other data.
         loaded = load_model(path, data_dir=data_dir, split=split, advice="evaluate on the data it was trained on")
@@ -68,23 +70,23 @@ def evaluate(checkpoints: tuple[Path, ...], split: str | None, data_dir: Path | 
             tables.append(label_test_errors(error_table(predictions), path, loaded.checkpoint))
             for by, parts in by_tables.items():
                 parts.append(label_test_errors(breakdown_table(predictions, by), path, loaded.checkpoint))
-            if confusion:
-                confusions.append(label_test_errors(confusion_table(predictions), path, loaded.checkpoint))
+            for by, parts in confusions.items():
+                parts.append(label_test_errors(confusion_table(predictions, by), path, loaded.checkpoint))
         records.append(checkpoint_record(path, loaded.checkpoint))
     table = combine_test_errors(tables)
     click.echo(evaluation_text(table))
     by_table = {by: combine_test_errors(parts) for by, parts in by_tables.items()}
     for by, part in by_table.items():
         click.echo(f"\nTest error (%) by {by}:\n{to_markdown(breakdown_view(part), float_digits=2)}")
-    confusion_all = combine_test_errors(confusions) if confusions else None
-    if confusion_all is not None:
-        click.echo(f"\nConfusion matrices:\n{confusion_view(confusion_all)}")
+    confusion_all = {by: combine_test_errors(parts) for by, parts in confusions.items()}
+    for by, part in confusion_all.items():
+        click.echo(f"\nConfusion matrices{f' by {by}' if by else ''}:\n{confusion_view(part)}")
     if out is not None:
         for by, part in by_table.items():
             written = write_breakdown(part, by, out)
             click.echo(f"wrote {written[0]}, {written[1].name}")
-        if confusion_all is not None:
-            written = write_confusion(confusion_all, out)
+        for by, part in confusion_all.items():
+            written = write_confusion(part, out, by)
             click.echo(f"wrote {written[0]}, {written[1].name}")
         written = write_evaluation_report(table, checkpoints, records, out, started=started)
         click.echo(f"wrote {written[0]}, {', '.join(p.name for p in written[1:])}")

@@ -236,6 +236,16 @@ def test_evaluate_writes_side_by_side_table_curves_and_provenance(data_dir: Path
     overall = table.set_index(["checkpoint", "crops"])
     assert ((wrong / overall["n"].reindex(wrong.index) - overall["error"].reindex(wrong.index)).abs() < 1e-6).all()
     assert "rows: true class" in (report / "confusion.md").read_text()
+    # Per test toy: each toy's off-diagonal counts give back its error in the instance breakdown.
+    by_toy = pd.read_csv(report / "confusion-by-instance.csv")
+    by_toy = by_toy.assign(wrong=by_toy["count"].where(by_toy["true"] != by_toy["predicted"], 0))
+    toy_counts = by_toy.groupby(["checkpoint", "crops", "true", "instance"])[["wrong", "count"]].sum()
+    toys = pd.read_csv(report / "test-error-by-instance.csv").set_index(["checkpoint", "crops", "class", "instance"])
+    toys.index = toys.index.set_names(toy_counts.index.names)
+    assert len(toy_counts) == len(toys) and (toy_counts["count"] == toys["n"].reindex(toy_counts.index)).all()
+    assert ((toy_counts["wrong"] / toy_counts["count"] - toys["error"].reindex(toy_counts.index)).abs() < 1e-9).all()
+    assert "rows: true class, instance" in (report / "confusion-by-instance.md").read_text()
+    assert (report / "confusion-by-lighting.csv").exists()
     assert sorted(set(table["model"])) == ["capsules-small", "cnn"]
     assert sorted(set(table["crops"])) == [1, 13]
     assert table["error"].between(0, 1).all()

@@ -92,19 +92,26 @@ def breakdown_table(predictions: TestPredictions, by: str) -> pd.DataFrame:
     return _identified(table, predictions)
 
 
-def confusion_table(predictions: TestPredictions) -> pd.DataFrame:
-    """Counts of test images per (``subset``, ``crops``, ``true`` class, ``predicted`` class), every pair
-    listed (zeros included); ``attrs`` as :func:`error_table`."""
+def confusion_table(predictions: TestPredictions, by: str | None = None) -> pd.DataFrame:
+    """Counts of test images per (``subset``, ``crops``, ``true`` class, [the group of :data:`BREAKDOWNS`
+    ``[by]``], ``predicted`` class): every predicted class listed (zeros included) for each true class
+    (and group) present; ``attrs`` as :func:`error_table`. ``by="instance"``: one row per test toy."""
+    if by is not None and by not in BREAKDOWNS:
+        raise ValueError(f"unknown breakdown {by!r}; valid: {', '.join(BREAKDOWNS)}")
+    keys = [key for key in BREAKDOWNS[by] if key != "label"] if by else []
+    classes = range(len(CLASS_NAMES))
     parts = []
     for subset, rows in predictions.subsets.items():
-        counts = pd.crosstab(rows["label"], rows["predicted"]).reindex(
-            index=range(len(CLASS_NAMES)), columns=range(len(CLASS_NAMES)), fill_value=0)
+        counts = (rows.groupby(["label", *keys, "predicted"]).size()
+                  .unstack("predicted", fill_value=0).reindex(columns=classes, fill_value=0))
+        if not keys:
+            counts = counts.reindex(index=classes, fill_value=0)
         long = counts.stack().rename("count").reset_index()
-        long.columns = ["true", "predicted", "count"]
+        long = long.rename(columns={"label": "true"})
         long["true"] = [CLASS_NAMES[i] for i in long["true"]]
         long["predicted"] = [CLASS_NAMES[i] for i in long["predicted"]]
         parts.append(long.assign(subset=subset, crops=predictions.crops))
-    return _identified(pd.concat(parts, ignore_index=True)[["subset", "crops", "true", "predicted", "count"]],
+    return _identified(pd.concat(parts, ignore_index=True)[["subset", "crops", "true", *keys, "predicted", "count"]],
                        predictions)
 
 

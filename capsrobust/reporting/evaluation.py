@@ -65,26 +65,34 @@ def write_breakdown(table: pd.DataFrame, by: str, out_dir: str | os.PathLike[str
     ]
 
 
+_CONFUSION_COLUMNS = ("model", "checkpoint", "step", "seed", "preset", "dataset", "split", "subset", "crops",
+                      "true", "predicted", "count")
+
+
 def confusion_view(table: pd.DataFrame) -> str:
     """The combined, labelled :func:`~capsrobust.evaluation.checkpoint_eval.confusion_table` of several
-    checkpoints as markdown: one true x predicted count matrix per checkpoint (and subset, crops)."""
+    checkpoints as markdown: one true x predicted count matrix per checkpoint (and subset, crops); a
+    table broken down by a group (``--by``) gets one row per true class and group."""
+    groups = [c for c in table.columns if c not in _CONFUSION_COLUMNS]
     blocks = []
     for (checkpoint, subset, crops), rows in table.groupby(["checkpoint", "subset", "crops"], sort=False):
-        matrix = rows.pivot_table(index="true", columns="predicted", values="count", sort=False).astype(int)
+        matrix = rows.pivot_table(index=["true", *groups], columns="predicted", values="count", sort=False).astype(int)
         matrix.columns.name = None
-        blocks.append(f"{checkpoint}, {subset}, crops {crops} (rows: true class; columns: predicted)\n\n"
-                      f"{to_markdown(matrix.reset_index())}")
+        blocks.append(f"{checkpoint}, {subset}, crops {crops} (rows: true class{''.join(f', {g}' for g in groups)}; "
+                      f"columns: predicted)\n\n{to_markdown(matrix.reset_index())}")
     return "\n\n".join(blocks)
 
 
-def write_confusion(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write ``confusion.md`` (:func:`confusion_view`) and ``confusion.csv`` (long form) into ``out_dir``."""
+def write_confusion(table: pd.DataFrame, out_dir: str | os.PathLike[str], by: str | None = None) -> list[Path]:
+    """Write ``confusion.md`` (:func:`confusion_view`) and ``confusion.csv`` (long form) into ``out_dir``;
+    with ``by``, ``confusion-by-<by>.md/.csv``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    stem, title = (f"confusion-by-{by}", f"Confusion matrices by {by}") if by else ("confusion", "Confusion matrices")
     return [
-        atomic_write_text(out / "confusion.md", f"# Confusion matrices on {', '.join(_datasets(table))}\n\n"
+        atomic_write_text(out / f"{stem}.md", f"# {title} on {', '.join(_datasets(table))}\n\n"
                           f"{confusion_view(table)}\n\nWritten by the command in provenance.json.\n"),
-        write_csv(table, out / "confusion.csv"),
+        write_csv(table, out / f"{stem}.csv"),
     ]
 
 
