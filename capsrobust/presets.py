@@ -58,6 +58,8 @@ class Preset:
     cnn_lr_decay: float = PAPER_LR_DECAY
     capsule_ema_decay: float = 0.0  # the weight average's decay (training.TrainConfig.ema_decay); 0: none
     cnn_ema_decay: float = 0.0
+    capsule_shape_jitter: float = 0.0  # training.TrainConfig.shape_jitter; 0: the paper's augmentation only
+    cnn_shape_jitter: float = 0.0
 
 
 PRESETS: dict[str, Preset] = {
@@ -92,8 +94,8 @@ def resolve_preset(config: Any) -> Any:
 
     Capsule models get the preset's options under the explicit ``model_overrides`` and its margin
     schedule where ``margin_schedule`` is None; the CNN keeps its overrides as given. Both get the
-    preset's learning rate, learning-rate decay and weight-average decay where ``lr`` / ``lr_decay`` /
-    ``ema_decay`` are None.
+    preset's learning rate, learning-rate decay, weight-average decay and shape jitter where ``lr`` /
+    ``lr_decay`` / ``ema_decay`` / ``shape_jitter`` are None.
     """
     try:
         preset = PRESETS[config.preset]
@@ -103,9 +105,16 @@ def resolve_preset(config: Any) -> Any:
         return dataclasses.replace(config, margin_schedule=config.margin_schedule or "run",
                                    lr=config.lr or preset.cnn_lr,
                                    lr_decay=preset.cnn_lr_decay if config.lr_decay is None else config.lr_decay,
-                                   ema_decay=preset.cnn_ema_decay if config.ema_decay is None else config.ema_decay)
+                                   ema_decay=preset.cnn_ema_decay if config.ema_decay is None else config.ema_decay,
+                                   shape_jitter=_given(config.shape_jitter, preset.cnn_shape_jitter))
     overrides = {**preset.capsule_options, **config.model_overrides}
     return dataclasses.replace(config, model_overrides=overrides, lr=config.lr or preset.capsule_lr,
                                margin_schedule=config.margin_schedule or preset.margin_schedule,
                                lr_decay=preset.capsule_lr_decay if config.lr_decay is None else config.lr_decay,
-                               ema_decay=preset.capsule_ema_decay if config.ema_decay is None else config.ema_decay)
+                               ema_decay=preset.capsule_ema_decay if config.ema_decay is None else config.ema_decay,
+                               shape_jitter=_given(config.shape_jitter, preset.capsule_shape_jitter))
+
+
+def _given(value: Any, preset_value: Any) -> Any:
+    """The user's ``value`` where given (not None), else the preset's."""
+    return preset_value if value is None else value

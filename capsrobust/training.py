@@ -53,7 +53,7 @@ from capsrobust.presets import resolve_preset
 from capsrobust.provenance import provenance
 from capsrobust.weight_average import WeightAverage
 
-__all__ = ["TrainConfig", "TrainingInterrupted", "loss_function", "train", "model_from_checkpoint"]
+__all__ = ["LEGACY_CONFIG", "TrainConfig", "TrainingInterrupted", "loss_function", "train", "model_from_checkpoint"]
 
 
 @dataclass
@@ -71,7 +71,7 @@ class TrainConfig:
     lr_decay: float | None = None  # multiplied every lr_decay_every steps; None: the preset's (presets.Preset)
     lr_decay_every: int = 0  # 0: total_steps // 20 (the paper's 20k-step period, scaled to the run)
     weight_decay: float = 2e-7
-    shape_jitter: float = 0.0  # random size/aspect change per axis before the crop (transforms.sample_stretch); 0: off
+    shape_jitter: float | None = None  # size/aspect change before the crop (transforms.sample_stretch); None: the preset's
     ema_decay: float | None = None  # weight average (weight_average.py) evaluated and saved; 0: off; None: the preset's
     seed: int = 0
     eval_every: int = 0  # 0: once per epoch, at least 10 times per run
@@ -99,7 +99,7 @@ class TrainConfig:
             raise ConfigError(f"--lr-decay must be in (0, 1] (1: constant learning rate), got {self.lr_decay}")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise ConfigError(f"--ema-decay must be in [0, 1) (0: no weight average), got {self.ema_decay}")
-        if not 0 <= self.shape_jitter < 1:
+        if self.shape_jitter is not None and not 0 <= self.shape_jitter < 1:
             raise ConfigError(f"--shape-jitter must be in [0, 1) (0: off; 0.15: each axis x1/1.15 to x1.15), "
                               f"got {self.shape_jitter}")
         if self.holdout not in HOLDOUTS:
@@ -138,6 +138,9 @@ class TrainingInterrupted(Exception):
 # Per-step randomness, derived from (seed, step) so resume is exact.
 
 _MIX = 0x9E3779B97F4A7C15
+
+#: What a run recorded before an option existed behaved as: a saved config without the key means this.
+LEGACY_CONFIG: dict[str, Any] = {"margin_schedule": "run", "ema_decay": 0.0, "holdout": "toy", "shape_jitter": 0.0}
 
 
 def _derived_seed(seed: int, *parts: int) -> int:
@@ -325,10 +328,9 @@ def train(
         })
         check_trained_on(last_path, checkpoint, data, advice="resume on the data it was trained on", log=log)
         saved = checkpoint["config"]
-        defaults = {"margin_schedule": "run", "ema_decay": 0.0, "holdout": "toy", "shape_jitter": 0.0}  # runs from before these options
         for key in ("batch_size", "seed", "lr", "lr_decay", "lr_decay_every", "weight_decay", "margin_schedule",
                     "ema_decay", "holdout", "shape_jitter"):
-            if saved.get(key, defaults.get(key)) != getattr(config, key):
+            if saved.get(key, LEGACY_CONFIG.get(key)) != getattr(config, key):
                 raise CheckpointError(f"{last_path}: checkpoint was trained with {key}={saved.get(key)!r}, not "
                                       f"{getattr(config, key)!r}; resume with the same settings")
 

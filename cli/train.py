@@ -34,10 +34,10 @@ from capsrobust_cli.errors import UserError
 @click.option("--ema-decay", type=float, default=None,
               help="Keep an exponential moving average of the weights with this decay (e.g. 0.999: ~1,000 steps) and "
                    "evaluate and save it instead of the last weights; 0: none [default: the preset's].")
-@click.option("--shape-jitter", type=float, default=0.0, show_default=True,
+@click.option("--shape-jitter", type=float, default=None,
               help="Before the crop, stretch each training image about its centre by a random factor per axis, "
                    "log-uniform in [1/(1+J), 1+J] (size and aspect ratio, as toy instances differ); 0: off "
-                   "(the paper's augmentation).")
+                   "(the paper's augmentation only) [default: the preset's].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory [default: runs/MODEL-SPLIT-seedSEED].")
@@ -82,7 +82,7 @@ from capsrobust_cli.errors import UserError
               help="Evaluate on at most this many examples of each validation set (0: all).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (metrics are still printed and logged).")
 def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: int | None, epochs: float | None,
-          batch_size: int, lr: float | None, lr_decay: float | None, ema_decay: float | None, shape_jitter: float,
+          batch_size: int, lr: float | None, lr_decay: float | None, ema_decay: float | None, shape_jitter: float | None,
           seed: int, out_dir: Path | None, resume: bool,
           holdout: str, target_familiar_error: float | None, eval_every: int, checkpoint_every: int,
           iterations: int | None, lambda_scale: float | None, conv_lambda_scale: float | None,

@@ -71,6 +71,15 @@ def test_learning_rate_decay_comes_from_the_preset_per_kind_of_model_and_an_expl
         TrainConfig(lr_decay=1.5).validate()
 
 
+def test_shape_jitter_comes_from_the_preset_per_kind_of_model_and_an_explicit_one_wins():
+    default = PRESETS["default"]
+    assert resolve_preset(TrainConfig(model="capsules-small")).shape_jitter == default.capsule_shape_jitter
+    assert resolve_preset(TrainConfig(model="cnn")).shape_jitter == default.cnn_shape_jitter
+    assert resolve_preset(TrainConfig(model="capsules", preset="paper")).shape_jitter == 0.0  # the paper's augmentation
+    assert resolve_preset(TrainConfig(model="cnn", shape_jitter=0.3)).shape_jitter == 0.3
+    assert resolve_preset(TrainConfig(model="capsules-small", shape_jitter=0.0)).shape_jitter == 0.0
+
+
 def test_an_unknown_preset_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown --preset 'fast'"):
         resolve_preset(TrainConfig(preset="fast"))

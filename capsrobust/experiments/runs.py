@@ -21,13 +21,14 @@ from capsrobust.checkpoints import check_trained_on, load_checkpoint
 from capsrobust.checkpoints import load_model as load_checkpoint_model
 from capsrobust.data.prepared import PreparedData
 from capsrobust.errors import CheckpointError, ConfigError
-from capsrobust.training import TrainConfig, train
+from capsrobust.training import LEGACY_CONFIG, TrainConfig, train
 
 __all__ = ["RUN_KEYS", "device", "finished_run", "load_model", "train_or_reuse"]
 
 #: Settings a reused run must share with the experiment (besides the data, checked by the data guard).
 RUN_KEYS = ("model", "split", "mode", "seed", "steps", "epochs", "batch_size", "lr", "lr_decay", "eval_every",
-            "max_eval_examples", "target_familiar_error", "keep_checkpoints", "model_overrides")
+            "max_eval_examples", "target_familiar_error", "keep_checkpoints", "model_overrides", "margin_schedule",
+            "ema_decay", "holdout", "shape_jitter")
 
 
 def device() -> torch.device:
@@ -63,7 +64,7 @@ def train_or_reuse(config: TrainConfig, run_dir: Path, data: PreparedData, *, re
                           "partial ones, or choose another --out")
     checkpoint = load_checkpoint(last)
     saved = checkpoint.get("config", {})
-    defaults = dataclasses.asdict(type(config)())
+    defaults = {**dataclasses.asdict(type(config)()), **LEGACY_CONFIG}
     for key in RUN_KEYS:
         have, want = saved.get(key, defaults[key]), getattr(config, key)
         if have != want:
