@@ -41,6 +41,11 @@ PAPER_LR_DECAY = 0.96
 #: settles (9-12 % over the last ten epochs, against 6-14 %) and training error <= 2 % by epoch 16-17 instead
 #: of 26. The CNN keeps 0.96: at 0.8 its test error was higher (results/train/README.md).
 CAPSULE_LR_DECAY = 0.8
+#: The default capsule nets' shape jitter (training.TrainConfig.shape_jitter): each axis stretched by a
+#: log-uniform factor in [1/1.15, 1.15] before the crop. 30 epochs of capsules-small, two seeds, paired
+#: with the runs without it: test error 15.64 +- 0.65 % against 17.55 +- 0.70 %, better in both seeds
+#: (results/train/jitter/).
+CAPSULE_SHAPE_JITTER = 0.15
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,9 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "default",
             "2 routing iterations, beta_a in logit units, IBM's cost normalisation, spread-loss margin held at 0.2, "
-            "learning rate x0.8 per 1/20 of the run",
+            "learning rate x0.8 per 1/20 of the run, shape jitter 0.15",
             capsule_options=dict(iterations=2, beta_parametrisation="logit", cost_normalisation="ibm"),
-            margin_schedule="held", capsule_lr_decay=CAPSULE_LR_DECAY,
+            margin_schedule="held", capsule_lr_decay=CAPSULE_LR_DECAY, capsule_shape_jitter=CAPSULE_SHAPE_JITTER,
         ),
         Preset(
             "paper",
