@@ -109,14 +109,14 @@ def resolve_preset(config: Any) -> Any:
     if not is_capsule_model(config.model):
         return dataclasses.replace(config, margin_schedule=config.margin_schedule or "run",
                                    lr=config.lr or preset.cnn_lr,
-                                   lr_decay=preset.cnn_lr_decay if config.lr_decay is None else config.lr_decay,
-                                   ema_decay=preset.cnn_ema_decay if config.ema_decay is None else config.ema_decay,
+                                   lr_decay=_given(config.lr_decay, preset.cnn_lr_decay),
+                                   ema_decay=_given(config.ema_decay, preset.cnn_ema_decay),
                                    shape_jitter=_given(config.shape_jitter, preset.cnn_shape_jitter))
     overrides = {**preset.capsule_options, **config.model_overrides}
     return dataclasses.replace(config, model_overrides=overrides, lr=config.lr or preset.capsule_lr,
                                margin_schedule=config.margin_schedule or preset.margin_schedule,
-                               lr_decay=preset.capsule_lr_decay if config.lr_decay is None else config.lr_decay,
-                               ema_decay=preset.capsule_ema_decay if config.ema_decay is None else config.ema_decay,
+                               lr_decay=_given(config.lr_decay, preset.capsule_lr_decay),
+                               ema_decay=_given(config.ema_decay, preset.capsule_ema_decay),
                                shape_jitter=_given(config.shape_jitter, preset.capsule_shape_jitter))
 
 

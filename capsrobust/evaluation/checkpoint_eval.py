@@ -73,12 +73,17 @@ def error_table(predictions: TestPredictions) -> pd.DataFrame:
                                      for subset, rows in predictions.subsets.items()]), predictions)
 
 
+def _breakdown_keys(by: str) -> list[str]:
+    """The meta columns of breakdown ``by`` (ValueError naming the valid ones otherwise)."""
+    if by not in BREAKDOWNS:
+        raise ValueError(f"unknown breakdown {by!r}; valid: {', '.join(BREAKDOWNS)}")
+    return list(BREAKDOWNS[by])
+
+
 def breakdown_table(predictions: TestPredictions, by: str) -> pd.DataFrame:
     """Test error per group of :data:`BREAKDOWNS` ``[by]``: ``subset``, ``crops``, the group columns
     (``class`` named beside ``label`` for ``instance``), ``n``, ``error``. ``attrs`` as :func:`error_table`."""
-    if by not in BREAKDOWNS:
-        raise ValueError(f"unknown breakdown {by!r}; valid: {', '.join(BREAKDOWNS)}")
-    keys = list(BREAKDOWNS[by])
+    keys = _breakdown_keys(by)
     parts = []
     for subset, rows in predictions.subsets.items():
         grouped = rows.groupby(keys)["wrong"].agg(["size", "mean"]).reset_index()
@@ -96,9 +101,7 @@ def confusion_table(predictions: TestPredictions, by: str | None = None) -> pd.D
     """Counts of test images per (``subset``, ``crops``, ``true`` class, [the group of :data:`BREAKDOWNS`
     ``[by]``], ``predicted`` class): every predicted class listed (zeros included) for each true class
     (and group) present; ``attrs`` as :func:`error_table`. ``by="instance"``: one row per test toy."""
-    if by is not None and by not in BREAKDOWNS:
-        raise ValueError(f"unknown breakdown {by!r}; valid: {', '.join(BREAKDOWNS)}")
-    keys = [key for key in BREAKDOWNS[by] if key != "label"] if by else []
+    keys = [key for key in _breakdown_keys(by) if key != "label"] if by else []
     classes = range(len(CLASS_NAMES))
     parts = []
     for subset, rows in predictions.subsets.items():

@@ -20,8 +20,11 @@ from capsrobust.files import atomic_write_text, write_csv, write_json
 from capsrobust.provenance import file_sha256, provenance
 from capsrobust.reporting import to_markdown
 
-__all__ = ["breakdown_view", "checkpoint_record", "confusion_view", "write_confusion", "combine_test_errors", "evaluation_text", "label_test_errors",
-           "seed_spread", "write_breakdown", "write_evaluation_report"]
+__all__ = ["breakdown_view", "checkpoint_record", "combine_test_errors", "confusion_view", "evaluation_text",
+           "label_test_errors", "seed_spread", "write_breakdown", "write_confusion", "write_evaluation_report"]
+
+#: The columns that say which checkpoint a row of a labelled table belongs to (not a group of it).
+_IDENTITY_COLUMNS = ("model", "checkpoint", "step", "seed", "preset", "dataset", "split")
 
 
 def label_test_errors(table: pd.DataFrame, path: str | os.PathLike[str], checkpoint: dict[str, Any]) -> pd.DataFrame:
@@ -44,8 +47,7 @@ def breakdown_view(table: pd.DataFrame) -> pd.DataFrame:
     """The combined, labelled :func:`~capsrobust.evaluation.checkpoint_eval.breakdown_table` of several
     checkpoints side by side: one row per group (and test subset, crop setting), ``n``, then one
     column of error in % per checkpoint (``run/file``)."""
-    groups = [c for c in table.columns if c not in ("model", "checkpoint", "step", "seed", "preset", "dataset",
-                                                      "split", "n", "error")]
+    groups = [c for c in table.columns if c not in (*_IDENTITY_COLUMNS, "n", "error")]
     wide = table.assign(error=100 * table["error"]).pivot_table(index=groups + ["n"], columns="checkpoint",
                                                                 values="error", sort=False)
     wide.columns.name = None
@@ -65,15 +67,11 @@ def write_breakdown(table: pd.DataFrame, by: str, out_dir: str | os.PathLike[str
     ]
 
 
-_CONFUSION_COLUMNS = ("model", "checkpoint", "step", "seed", "preset", "dataset", "split", "subset", "crops",
-                      "true", "predicted", "count")
-
-
 def confusion_view(table: pd.DataFrame) -> str:
     """The combined, labelled :func:`~capsrobust.evaluation.checkpoint_eval.confusion_table` of several
     checkpoints as markdown: one true x predicted count matrix per checkpoint (and subset, crops); a
     table broken down by a group (``--by``) gets one row per true class and group."""
-    groups = [c for c in table.columns if c not in _CONFUSION_COLUMNS]
+    groups = [c for c in table.columns if c not in (*_IDENTITY_COLUMNS, "subset", "crops", "true", "predicted", "count")]
     blocks = []
     for (checkpoint, subset, crops), rows in table.groupby(["checkpoint", "subset", "crops"], sort=False):
         matrix = rows.pivot_table(index=["true", *groups], columns="predicted", values="count", sort=False).astype(int)
