@@ -237,10 +237,12 @@ def _attack_section(doc: Document, result: "StudyResult", figures: Path) -> None
     doc.heading("Adversarial attacks")
     pairs = [result.stages[f"match-seed{s}"] for s in result.seeds if f"match-seed{s}" in result.stages]
     if pairs:
+        unmatched = [p["seed"] for p in pairs if not p["matched"]]
         doc.paragraph("The pair attacked: the capsule net's `best.pt` and the CNN stopped when its validation error "
                       "first reached the capsule net's (`matched.pt` of the `cnn-matched` run), so both start from "
-                      "the same clean error. Not matched: the CNN never got there (the capsule net is the better "
-                      "model on clean data), and its `best.pt` is used.")
+                      "the same clean error."
+                      + (f" Not matched in seed {', '.join(map(str, unmatched))}: the CNN never got there (the capsule "
+                         "net is the better model on clean data), and its `best.pt` is used." if unmatched else ""))
         doc.table(pd.DataFrame([{
             "seed": p["seed"], "capsule checkpoint": p["capsules"]["checkpoint"],
             "capsule validation error %": 100 * p["capsules"]["validation_error"],
