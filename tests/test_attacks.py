@@ -264,9 +264,14 @@ def test_gradient_check_fails_for_a_gradient_masked_model_and_passes_for_a_norma
     assert cell(table, model="normal", attack="fgsm", eps=0.3).adversarial_error >= 0.9
 
 
-def _fake_sweep(errors: dict[str, list[float]], eps=(0.0, 0.1, 0.5), n: int = 1000) -> pd.DataFrame:
+def _fake_sweep(errors: dict[str, list[float]], eps=(0.0, 0.1, 0.5), n: int = 1000, steps: int = 10) -> pd.DataFrame:
+    """A sweep table by hand: attack -> error per eps; steps and restarts read from the label (pgd:20x2)."""
     rows = [{"model": "cnn", "attack": attack, "mode": "untargeted", "eps": e, "n": n, "adversarial_error": err,
-             "attack_success_rate": err} for attack, values in errors.items() for e, err in zip(eps, values)]
+             "attack_success_rate": err, "steps": parse_attack_spec(attack).resolved_steps(steps),
+             "restarts": parse_attack_spec(attack).restarts}
+            for attack, values in errors.items() if attack != "worst-case" for e, err in zip(eps, values)]
+    rows += [{"model": "cnn", "attack": "worst-case", "mode": "untargeted", "eps": e, "n": n, "adversarial_error": err,
+              "attack_success_rate": err, "steps": 0, "restarts": 0} for e, err in zip(eps, errors.get("worst-case", []))]
     return pd.DataFrame(rows)
 
 
@@ -280,7 +285,9 @@ def test_checks_flag_bim_weaker_than_fgsm_and_non_monotone_success():
 
 def test_checks_pass_a_sound_sweep_and_flag_accuracy_far_above_chance():
     sound = sanity_checks(_fake_sweep({"fgsm": [0.1, 0.5, 0.85], "bim": [0.1, 0.7, 0.95]}))
-    assert list(sound.status) == ["HOLDS"] + ["PASS"] * (len(sound) - 1)
+    ran = sound[~sound.check.isin(["converged (2x steps, restarts)", "unbounded eps reaches 100 %"])]
+    assert list(ran.status) == ["HOLDS"] + ["PASS"] * (len(ran) - 1)
+    assert set(sound.status) == {"HOLDS", "PASS", "SKIP"}  # no doubled attack, no eps 1 in this sweep
     stuck = sanity_checks(_fake_sweep({"fgsm": [0.1, 0.2, 0.3]}))
     assert cell(stuck, check="chance error at eps >= 0.5").status == "FAIL"
     assert cell(stuck, check="iterative >= single-step").status == "SKIP"
@@ -319,8 +326,93 @@ def test_checks_open_with_one_verdict_line_per_model():
     checks = sanity_checks(table)
     assert list(checks.check[:2]) == ["verdict", "verdict"] and list(checks.model[:2]) == ["capsules", "cnn"]
     assert list(checks.status[:2]) == ["HOLDS", "SUSPECT"]
-    assert "success monotone in eps [untargeted]: bim: drops at eps [0.5]" in checks.detail[1]
+    assert "success monotone in eps [untargeted]: bim: drops at eps 0.5 (0.700 -> 0.300)" in checks.detail[1]
     assert "verdict" not in set(checks.check[2:])
+
+
+def test_fgsm_overshoot_warns_unless_fgsm_leads_and_a_warning_never_makes_numbers_suspect():
+    # FGSM falls from 0.9 to 0.8 at eps 0.5 while BIM, stronger there, keeps rising: a WARN.
+    overshoot = sanity_checks(_fake_sweep({"fgsm": [0.1, 0.9, 0.8], "bim": [0.1, 0.95, 1.0]}))
+    row = cell(overshoot, check="success monotone in eps", status="WARN")
+    assert row.detail.startswith("fgsm: drops at eps 0.5 (0.900 -> 0.800)") and row.value == pytest.approx(0.1)
+    verdict = cell(overshoot, check="verdict")
+    assert verdict.status == "HOLDS" and "1 warned: success monotone in eps" in verdict.detail
+    # Where FGSM is the strongest attack, its drop carries the headline: a FAIL.
+    leading = sanity_checks(_fake_sweep({"fgsm": [0.1, 0.9, 0.8], "bim": [0.1, 0.6, 0.7]}))
+    row = cell(leading, check="success monotone in eps", status="FAIL")
+    assert "fgsm is the strongest attack at eps [0.5]" in row.detail
+    assert cell(leading, check="verdict").status == "SUSPECT"
+
+
+def test_a_worst_case_that_drops_fails():
+    checks = sanity_checks(_fake_sweep({"fgsm": [0.1, 0.9, 0.85], "bim": [0.1, 0.8, 0.85],
+                                        "worst-case": [0.1, 0.95, 0.85]}))
+    rows = checks[checks.check == "success monotone in eps"].set_index("detail").status
+    assert rows["worst-case: drops at eps 0.5 (0.950 -> 0.850)"] == "FAIL"
+    assert cell(checks, check="verdict").status == "SUSPECT"
+
+
+def test_convergence_compares_the_strongest_gradient_attack_with_its_double():
+    eps = (0.0, 0.05, 0.1)
+    converged = sanity_checks(_fake_sweep({"fgsm": [0.1, 0.3, 0.5], "pgd": [0.1, 0.5, 0.8],
+                                           "pgd:20x2": [0.1, 0.51, 0.81]}, eps=eps))
+    row = cell(converged, check="converged (2x steps, restarts)")
+    assert row.status == "PASS" and row.detail.startswith("pgd:20x2 vs pgd") and "0.05: +1.0" in row.detail
+    not_yet = sanity_checks(_fake_sweep({"pgd": [0.1, 0.5, 0.8], "pgd:20x2": [0.1, 0.6, 0.8]}, eps=eps))
+    row = cell(not_yet, check="converged (2x steps, restarts)")
+    assert row.status == "FAIL" and row.value == pytest.approx(0.1)
+    assert cell(not_yet, check="verdict").status == "SUSPECT"
+    # Restarts must double too for a restartable attack: pgd:20 is no double of pgd:10x2.
+    single = sanity_checks(_fake_sweep({"pgd:10x2": [0.1, 0.5, 0.8], "pgd:20": [0.1, 0.9, 0.9]}, eps=eps))
+    assert cell(single, check="converged (2x steps, restarts)").status == "SKIP"
+    # Converged, but AutoAttack is stronger and was not doubled: a WARN that names it.
+    weaker = sanity_checks(_fake_sweep({"pgd": [0.1, 0.5, 0.8], "pgd:20x2": [0.1, 0.5, 0.8],
+                                        "autoattack": [0.1, 0.7, 0.9]}, eps=eps))
+    row = cell(weaker, check="converged (2x steps, restarts)")
+    assert row.status == "WARN" and "not shown for the stronger autoattack" in row.detail
+
+
+def test_unbounded_eps_must_reach_one_hundred_percent():
+    eps = (0.0, 0.1, 1.0)
+    full = sanity_checks(_fake_sweep({"bim": [0.1, 0.6, 1.0]}, eps=eps))
+    assert cell(full, check="unbounded eps reaches 100 %").status == "PASS"
+    stuck = sanity_checks(_fake_sweep({"bim": [0.1, 0.6, 0.9]}, eps=eps))
+    row = cell(stuck, check="unbounded eps reaches 100 %")
+    assert row.status == "FAIL" and row.value == pytest.approx(0.9) and "at eps 1" in row.detail
+
+
+def test_noise_that_changes_accuracy_warns_and_noise_beating_white_box_fails():
+    quiet = sanity_checks(_fake_sweep({"bim": [0.1, 0.6, 0.9], "noise": [0.1, 0.11, 0.5]}))
+    row = cell(quiet, check="random noise barely changes accuracy")
+    assert row.status == "PASS" and "0.1: +1.0" in row.detail  # eps 0.5 is past the noise check's range
+    assert cell(quiet, check="noise <= white-box").status == "PASS"
+    loud = sanity_checks(_fake_sweep({"bim": [0.1, 0.3, 0.9], "noise": [0.1, 0.4, 0.5]}))
+    assert cell(loud, check="random noise barely changes accuracy").status == "WARN"
+    assert cell(loud, check="noise <= white-box").status == "FAIL"  # gradients weaker than noise: masking
+
+
+def test_noise_attack_stays_in_the_ball_is_reproducible_and_has_no_targeted_mode():
+    images, labels = separable_data(n=10)
+    model = TemplateModel(templates())
+    first = build_attack("noise", model, 0.05, steps=3, seed=1)(images, labels)
+    again = build_attack("noise", model, 0.05, steps=3, seed=1)(images, labels)
+    assert torch.equal(first, again) and 0.04 < (first - images).abs().max().item() <= 0.05 + 1e-6
+    with pytest.raises(ConfigError, match="no targeted mode"):
+        set_target(build_attack("noise", model, 0.05), 1)
+
+
+def test_per_image_outcomes_give_back_the_worst_case_row():
+    images, labels = separable_data()
+    models = {"capsules": TemplateCapsules(templates()), "cnn": TemplateModel(templates())}
+    config = SweepConfig(attacks=("fgsm", "bim", "noise"), eps_values=(0.0, 0.02, 0.3), steps=2)
+    table, checks = evaluate_robustness(models, images, labels, config, dataset="toy")
+    per_image = checks.attrs["per_image"]
+    assert len(per_image) == 2 * 3 * len(labels) and set(per_image.dataset) == {"toy"}
+    broken = per_image.groupby(["model", "eps"]).broken.mean()
+    worst = table[table.attack == "worst-case"].set_index(["model", "eps"])
+    assert broken.to_dict() == pytest.approx(worst.adversarial_error.to_dict())
+    assert (per_image[per_image.eps == 0.0].broken == ~per_image[per_image.eps == 0.0].clean_correct).all()
+    assert cell(checks, check="noise <= white-box", model="cnn").status == "PASS"
 
 
 @pytest.mark.parametrize("text,expected", [("pgd", ("pgd", None, 1)), ("PGD:50x5", ("pgd", 50, 5)),

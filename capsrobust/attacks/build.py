@@ -17,18 +17,18 @@ from capsrobust.attacks.vote import VoteAttack
 from capsrobust.errors import ConfigError
 
 __all__ = ["ATTACK_LOSSES", "ATTACK_NAMES", "BLACK_BOX", "MAX_EPS_VALUES", "RANDOM_START", "RESTARTABLE",
-           "SIGN_GRADIENT", "TARGETED_OK", "WHITE_BOX", "AttackSpec", "TransferAttack", "build_attack",
+           "SIGN_GRADIENT", "TARGETED_OK", "WHITE_BOX", "AttackSpec", "NoiseAttack", "TransferAttack", "build_attack",
            "check_attack_loss", "check_eps", "parse_attack_spec", "parse_attack_specs", "parse_eps", "set_target"]
 
-ATTACK_NAMES = ("fgsm", "bim", "pgd", "apgd", "square", "autoattack", "vote", "transfer")
+ATTACK_NAMES = ("fgsm", "bim", "pgd", "apgd", "square", "autoattack", "vote", "transfer", "noise")
 #: Gradient attacks on the evaluated model's own scores: what a robustness number usually rests on.
 WHITE_BOX = ("fgsm", "bim", "pgd", "apgd", "autoattack")
-#: Attacks whose strength tests the white-box ones (gradient-free; capsule-aware; crafted elsewhere).
-BLACK_BOX = ("square", "transfer")
+#: Attacks whose strength tests the white-box ones (gradient-free; crafted elsewhere; random noise).
+BLACK_BOX = ("square", "transfer", "noise")
 #: Run by :class:`SignGradientAttack` (per-image early stopping, shared clean gradients).
 SIGN_GRADIENT = ("fgsm", "bim", "pgd", "vote")
 #: Attacks that start from a random point.
-RANDOM_START = ("pgd", "vote", "apgd", "square", "autoattack")
+RANDOM_START = ("pgd", "vote", "apgd", "square", "autoattack", "noise")
 #: Attacks that take ``xR`` restarts in their spec.
 RESTARTABLE = ("pgd", "vote", "apgd")
 #: Attacks with a targeted mode here (APGD and AutoAttack are untargeted in torchattacks 3.5.1).
@@ -48,7 +48,7 @@ class AttackSpec:
 
     ``steps`` None means the sweep's ``--steps``; it counts iterations (bim, pgd, vote, apgd, the
     gradient attacks inside autoattack), hundreds of queries (square) or the source PGD's iterations
-    (transfer); ``restarts`` (pgd, vote, apgd) are random restarts. ``label`` is the spec as written,
+    (transfer) or random draws (noise); ``restarts`` (pgd, vote, apgd) are random restarts. ``label`` is the spec as written,
     the name of its rows.
     """
 
@@ -172,6 +172,43 @@ class TransferAttack(Attack):
         return adversarial.detach().to(self.device)
 
 
+class NoiseAttack(Attack):
+    r"""Uniform random noise, the baseline every attack must beat (Carlini et al. 2019, §sanity tests):
+    ``draws`` samples x + u, u uniform in [−eps, eps] per pixel (clipped to [0, 1]); per image the first
+    draw the model gets wrong, else the last draw. Gradient-free, untargeted only; the draws come from
+    one generator seeded by ``seed``, so a run is reproducible batch by batch.
+
+    Shapes: images (N, C, H, W) in [0, 1], labels (N,) → (N, C, H, W).
+
+    Example::
+        >>> noise = NoiseAttack(ScoreModel(cnn), eps=0.05, draws=20)
+        >>> noisy = noise(images, labels)
+    """
+
+    def __init__(self, model: nn.Module, eps: float, draws: int, seed: int = 0) -> None:
+        super().__init__("Noise", model)
+        self.eps, self.draws = eps, draws
+        self.generator = torch.Generator().manual_seed(seed)
+        self.supported_mode = ["default"]
+
+    def forward(self, images: Tensor, labels: Tensor) -> Tensor:
+        images, labels = images.clone().detach().to(self.device), labels.to(self.device)
+        adversarial = images.clone()
+        unbroken = torch.ones(len(images), dtype=torch.bool, device=self.device)
+        for _ in range(self.draws):
+            # Every draw covers the whole batch, so the stream does not depend on which images are left.
+            noise = (torch.rand(images.shape, generator=self.generator) * 2 - 1).to(self.device) * self.eps
+            index = torch.nonzero(unbroken)[:, 0]
+            if len(index) == 0:
+                continue
+            candidate = (images[index] + noise[index]).clamp(0, 1)
+            with torch.no_grad():
+                wrong = self.get_logits(candidate).argmax(1) != labels[index]
+            adversarial[index] = candidate
+            unbroken[index[wrong]] = False
+        return adversarial
+
+
 def set_target(attack: Attack, target_class: int | None) -> Attack:
     """Make ``attack`` targeted at one class for every example (None: back to untargeted)."""
     if target_class is None:
@@ -220,6 +257,7 @@ def build_attack(
       log-activations by default (softmax of them = the normalised activations).
     - transfer: PGD (same loss and steps, final iterate) crafted on ``source_model`` with that
       model's default score (or its own, if it is already a ScoreModel), applied to ``model``.
+    - noise: :class:`NoiseAttack`, ``steps`` uniform random draws in the ball (the loss plays no part).
     """
     spec = name if isinstance(name, AttackSpec) else parse_attack_spec(name)
     check_attack_loss(spec.name, loss)
@@ -245,6 +283,8 @@ def build_attack(
         crafted = pgd(source, eps, steps, 1, loss=loss, keep="last", early_stop=False, batch_size=batch_size,
                       seed=seed)
         return TransferAttack(wrapped, crafted)
+    if spec.name == "noise":
+        return NoiseAttack(wrapped, eps, steps, seed=seed)
     if spec.name == "apgd":
         return torchattacks.APGD(wrapped, norm="Linf", eps=eps, steps=steps, n_restarts=restarts, loss=loss, seed=seed)
     if spec.name == "square":

@@ -3,9 +3,12 @@
 :func:`robustness_sweep` returns one tidy row per (model, attack, eps, mode) plus a ``worst-case``
 row per (model, eps, mode): the per-example worst case over every attack in the sweep (an example
 counts as broken if *any* attack broke it; Carlini et al. 2019 §4). :func:`sanity_checks` turns
-that table and :func:`gradient_statistics` into PASS / FAIL / SKIP rows under one verdict line per
-model; a FAIL is reported, never hidden. :func:`compare_savings` runs a sweep with and without the
-savings below and checks that both give the same table.
+that table and :func:`gradient_statistics` into PASS / WARN / FAIL / SKIP rows under one verdict line
+per model; a FAIL is reported, never hidden, and makes the model's numbers SUSPECT; a WARN (e.g.
+FGSM's overshoot at large eps) is reported and does not. :func:`evaluate_robustness` also keeps the
+per-image outcomes of the worst case (:data:`PER_IMAGE_COLUMNS`), from which robust accuracy and its
+intervals are computed (:mod:`capsrobust.evaluation.robust_accuracy`). :func:`compare_savings` runs a
+sweep with and without the savings below and checks that both give the same table.
 
 Conventions
 -----------
@@ -69,14 +72,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from capsrobust.attacks import (BLACK_BOX, SIGN_GRADIENT, TARGETED_OK, WHITE_BOX, AttackSpec, ScoreModel,
+from capsrobust.attacks import (BLACK_BOX, RESTARTABLE, SIGN_GRADIENT, TARGETED_OK, WHITE_BOX, AttackSpec, ScoreModel,
                                 SignGradientAttack, TransferAttack, build_attack, check_attack_loss, check_eps,
                                 check_votes, model_device, parse_attack_spec, parse_attack_specs, set_target)
 from capsrobust.errors import ConfigError
 from capsrobust.models import score_kind
 from capsrobust.models.preprocessing import STANDARDISE_EPS
 
-__all__ = ["CHANCE_ERROR", "CHANCE_TOLERANCE", "COST_COLUMNS", "RESULT_COLUMNS", "SweepConfig", "check_models",
+__all__ = ["CHANCE_EPS", "CHANCE_ERROR", "CHANCE_TOLERANCE", "COST_COLUMNS", "PER_IMAGE_COLUMNS", "RESULT_COLUMNS",
+           "UNBOUNDED_EPS", "SweepConfig", "check_models",
            "compare_savings",
            "default_batch_size", "evaluate_robustness", "gradient_statistics", "mean_image_std", "robustness_sweep",
            "sanity_checks", "sweep_cells", "tolerance", "verdicts"]
@@ -91,6 +95,15 @@ CHANCE_TOLERANCE = 0.05
 #: Checks between attacks (iterative ≥ single-step, monotone in ε, black-box ≤ white-box) allow
 #: this absolute slack -- or two examples' worth on small sets (random starts add noise).
 COMPARE_TOLERANCE = 0.02
+#: From this eps on, the ball holds a constant grey image: the chance check applies, the noise check stops.
+CHANCE_EPS = 0.5
+#: At this eps the ball is the whole image space: the strongest attack must reach 100 %.
+UNBOUNDED_EPS = 1.0
+#: Gradient attacks on the evaluated model (the convergence check doubles one of them).
+GRADIENT_ATTACKS = ("bim", "pgd", "apgd", "autoattack", "vote")
+#: Attacks whose success must be monotone in eps (a drop FAILs): the iterative ones. FGSM, transfer
+#: and noise drops only WARN (see :func:`_monotone_checks`).
+MONOTONE_MUST = GRADIENT_ATTACKS + ("square",)
 #: Gradient check: FAIL when more than this fraction of input-gradient entries is exactly zero.
 MAX_ZERO_GRADIENT_FRACTION = 0.5
 MODES = ("untargeted", "targeted")
@@ -100,13 +113,17 @@ MODES = ("untargeted", "targeted")
 #: vote-sized temporaries were allocated); capsules 30/s at 4-16, 19 at 32; the CNN 1,100/s at
 #: 32, 1,300 at 128-256. Small batches also keep batches full as early stopping thins them out.
 DEFAULT_BATCH_SIZES = {"activation": 16, "logits": 128}
-#: Square's batch, in multiples of the model's: it needs no backward pass.
+#: Square's and the noise attack's batch, in multiples of the model's: they need no backward pass.
 SQUARE_BATCH_FACTOR = 4
+FORWARD_ONLY = ("square", "noise")
 #: What a cell measured (compared by :func:`compare_savings`) and what it cost (not compared).
 RESULT_COLUMNS = ["dataset", "model", "score", "loss", "attack", "steps", "restarts", "eps", "eps_std", "mode", "n",
                   "clean_error", "adversarial_error", "attack_success_rate", "success_rate_5class", "linf_mean",
                   "linf_max"]
 COST_COLUMNS = ["seconds", "gradient_images", "forward_images"]
+#: The per-image outcomes of an untargeted sweep: one row per (model, eps, image); ``image`` indexes the
+#: attacked images (the same for every model), ``broken`` the worst case over every attack at that eps.
+PER_IMAGE_COLUMNS = ["dataset", "model", "eps", "eps_std", "image", "label", "clean_correct", "broken"]
 
 
 def tolerance(n: int) -> float:
@@ -289,10 +306,10 @@ class _ModelSweep:
             predicted = _predict(self.model, adversarial, self.batch_size)
             gradient_images = len(index) * attack.source_attack.steps
             forward_images = 2 * len(index)  # the source's final iterate, then this model
-        else:  # torchattacks' own (APGD, Square, AutoAttack): cost not counted
-            # Square only runs forward passes, one per query over the images still unbroken, so a
-            # larger batch amortises the per-call cost (same batches in both paths).
-            size = SQUARE_BATCH_FACTOR * self.batch_size if spec.name == "square" else self.batch_size
+        else:  # torchattacks' own (APGD, Square, AutoAttack) and random noise: cost not counted
+            # Square and noise only run forward passes, one per query over the images still unbroken,
+            # so a larger batch amortises the per-call cost (same batches in both paths).
+            size = SQUARE_BATCH_FACTOR * self.batch_size if spec.name in FORWARD_ONLY else self.batch_size
             adversarial = _attack_batches(attack, images, labels, size)
             predicted = _predict(self.model, adversarial, self.batch_size)
             gradient_images = forward_images = float("nan")
@@ -340,6 +357,13 @@ def _worst_case(outcomes: list[_Outcome], labels: Tensor, clean_correct: Tensor,
             "gradient_images": 0.0, "forward_images": 0.0}
 
 
+def _per_image(outcomes: list[_Outcome], labels: Tensor, clean_correct: Tensor, eps: float) -> pd.DataFrame:
+    """Untargeted, per image: broken by any attack at ``eps`` (the worst case; wrong on the clean input counts)."""
+    broken = torch.stack([o.predictions[0] != labels for o in outcomes]).any(0)
+    return pd.DataFrame({"eps": eps, "image": range(len(labels)), "label": labels.numpy(),
+                         "clean_correct": clean_correct.numpy(), "broken": broken.numpy()})
+
+
 def sweep_cells(models: dict[str, nn.Module], config: SweepConfig) -> int:
     """Number of (model, attack, eps, mode) cells :func:`robustness_sweep` runs (for progress bars)."""
     runs = sum(_applies(spec, model) for model in models.values() for spec in config.specs())
@@ -371,14 +395,22 @@ def robustness_sweep(models: dict[str, nn.Module], images: Tensor, labels: Tenso
     a CNN). images: (N, C, 32, 32) in [0, 1]; labels: (N,) (any device: each model is attacked on its
     own). ``progress``, if given, is called after each cell with that cell's row. Columns:
     :data:`RESULT_COLUMNS` + :data:`COST_COLUMNS` (see module doc); ``attrs``: dataset,
-    mean_image_std, savings, batch_sizes and clean_seconds (per model).
+    mean_image_std, savings, batch_sizes and clean_seconds (per model). The per-image outcomes behind
+    the worst case: :func:`evaluate_robustness` (``checks.attrs["per_image"]``).
     """
+    return _sweep(models, images, labels, config, dataset=dataset, progress=progress)[0]
+
+
+def _sweep(models: dict[str, nn.Module], images: Tensor, labels: Tensor, config: SweepConfig,
+           *, dataset: str, progress: Callable[[dict], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(:func:`robustness_sweep`'s table, the per-image table (:data:`PER_IMAGE_COLUMNS`) of the untargeted
+    mode; empty without it)."""
     config.validate()
     check_models(models, config)
     specs = config.specs()
     mean_std = mean_image_std(images)
     labels_cpu = labels.cpu()
-    rows, batch_sizes, clean_seconds = [], {}, {}
+    rows, batch_sizes, clean_seconds, per_image = [], {}, {}, []
     for model_name, model in models.items():
         started = time.perf_counter()
         shared = _ModelSweep(model, config.scores.get(model_name), images, labels, config,
@@ -407,10 +439,14 @@ def robustness_sweep(models: dict[str, nn.Module], images: Tensor, labels: Tenso
                     rows.append({**base, "attack": "worst-case", "steps": 0, "restarts": 0, "eps": eps,
                                  "eps_std": eps / mean_std, "mode": mode,
                                  **_worst_case(outcomes, labels_cpu, clean_correct, mode)})
+                if mode == "untargeted":
+                    per_image.append(_per_image(outcomes, labels_cpu, clean_correct, eps)
+                                     .assign(model=model_name, eps_std=eps / mean_std))
     table = pd.DataFrame(rows, columns=RESULT_COLUMNS + COST_COLUMNS)
     table.attrs.update(dataset=dataset, mean_image_std=mean_std, savings=config.savings, batch_sizes=batch_sizes,
                        clean_seconds=clean_seconds)
-    return table
+    images_table = pd.concat(per_image, ignore_index=True) if per_image else pd.DataFrame()
+    return table, images_table.reindex(columns=PER_IMAGE_COLUMNS).assign(dataset=dataset)
 
 
 def gradient_statistics(models: dict[str, nn.Module], images: Tensor, labels: Tensor, *,
@@ -533,17 +569,118 @@ def _iterative_checks(table: pd.DataFrame, model: str, mode: str, tol: float) ->
     return rows
 
 
+def _drops(series: pd.Series, tol: float) -> list[tuple[float, float, float]]:
+    """(eps, value before, value at eps) wherever ``series`` (indexed by eps) falls by more than ``tol``."""
+    return [(float(e), float(prev), float(cur)) for e, prev, cur in zip(series.index[1:], series.values[:-1],
+                                                                        series.values[1:]) if cur < prev - tol]
+
+
+def _strongest_at(table: pd.DataFrame, model: str, mode: str, eps: float) -> list[str]:
+    """The attacks (not the worst case) with the highest strength at ``eps``."""
+    rows = table[(table.model == model) & (table["mode"] == mode) & (table.eps == eps) & (table.attack != "worst-case")]
+    values = rows[_metric(mode)]
+    return list(rows.attack[values >= values.max() - 1e-9])
+
+
 def _monotone_checks(table: pd.DataFrame, model: str, mode: str, tol: float) -> list[dict]:
-    rows = []
-    for attack in _attacks_of(table, model, mode):
+    """Success monotone in eps (eps-balls nest), per attack and for the worst case.
+
+    A drop FAILs for the per-example worst case and the iterative attacks (:data:`MONOTONE_MUST`): it
+    means the attack is flawed, not the model (Carlini et al. 2019). FGSM's single eps-sized step
+    overshoots at large eps, so its drop is a WARN -- a FAIL only where FGSM is the strongest attack at
+    that eps (the headline would rest on it); transfer and noise drops are WARNs (they attack another
+    model or nothing). The value is the largest drop.
+    """
+    rows, name = [], "success monotone in eps"
+    attacks = _attacks_of(table, model, mode)
+    has_worst = ((table.model == model) & (table["mode"] == mode) & (table.attack == "worst-case")).any()
+    for attack in attacks + (["worst-case"] if has_worst else []):
         series = _series(table, model, attack, mode)
         if len(series) < 2:
-            rows.append(_check("success monotone in eps", model, mode, "SKIP", f"{attack}: one eps only"))
+            rows.append(_check(name, model, mode, "SKIP", f"{attack}: one eps only"))
             continue
-        drops = [float(e) for e, prev, cur in zip(series.index[1:], series.values[:-1], series.values[1:])
-                 if cur < prev - tol]
-        rows.append(_check("success monotone in eps", model, mode, "FAIL" if drops else "PASS",
-                           f"{attack}" + (f": drops at eps {drops}" if drops else f" (tol {tol:.3f})")))
+        drops = _drops(series, tol)
+        if not drops:
+            rows.append(_check(name, model, mode, "PASS", f"{attack} (tol {tol:.3f})", 0.0))
+            continue
+        figures = ", ".join(f"{e:g} ({prev:.3f} -> {cur:.3f})" for e, prev, cur in drops)
+        detail = f"{attack}: drops at eps {figures}"
+        if attack == "worst-case" or _base(attack) in MONOTONE_MUST:
+            status = "FAIL"
+        elif _base(attack) == "fgsm":
+            strongest = [e for e, _, _ in drops if _strongest_at(table, model, mode, e) == [attack]]
+            status = "FAIL" if strongest else "WARN"
+            detail += (f"; fgsm is the strongest attack at eps {strongest}" if strongest else
+                       "; a single step overshoots at large eps (a stronger attack leads at every such eps)")
+        else:
+            status = "WARN"
+        rows.append(_check(name, model, mode, status, detail, max(prev - cur for _, prev, cur in drops)))
+    return rows
+
+
+def _convergence_checks(table: pd.DataFrame, model: str, mode: str, tol: float) -> list[dict]:
+    """Doubling the strongest gradient attack's steps and restarts changes success by at most ``tol``.
+
+    Pairs are attacks of one family in the sweep, the second with at least twice the steps (and twice
+    the restarts where the family takes restarts), e.g. ``pgd`` and ``pgd:20x3`` at 10 default steps.
+    FAIL when the larger attack's strength differs by more than ``tol`` at some eps (the smaller one had
+    not converged); WARN when it holds but a stronger gradient attack was not doubled; value: the
+    largest change.
+    """
+    name = "converged (2x steps, restarts)"
+    if not {"steps", "restarts"} <= set(table.columns):
+        return [_check(name, model, mode, "SKIP", "the sweep table has no steps and restarts")]
+    rows = table[(table.model == model) & (table["mode"] == mode) & (table.attack != "worst-case")]
+    specs = rows.drop_duplicates("attack").set_index("attack")[["steps", "restarts"]]
+    gradient = [a for a in specs.index if _base(a) in GRADIENT_ATTACKS]
+    pairs = [(a, b) for a in gradient for b in gradient if a != b and _base(a) == _base(b)
+             and specs.steps[b] >= 2 * specs.steps[a]
+             and (_base(a) not in RESTARTABLE or specs.restarts[b] >= 2 * specs.restarts[a])]
+    if not pairs:
+        return [_check(name, model, mode, "SKIP", "needs a gradient attack twice, the second with doubled steps and "
+                                                  "restarts (e.g. pgd and pgd:20x2 at 10 steps)")]
+    strength = {a: float(_series(table, model, a, mode).mean()) for a in gradient}
+    base, doubled = max(pairs, key=lambda pair: strength[pair[0]])
+    change = (_series(table, model, doubled, mode) - _series(table, model, base, mode)).dropna()
+    worst = float(change.abs().max())
+    figures = ", ".join(f"{e:g}: {100 * c:+.1f}" for e, c in change.items())
+    detail = f"{doubled} vs {base}, change in points at eps {figures}"
+    status = "FAIL" if worst > tol + 1e-9 else "PASS"
+    stronger = [a for a in gradient if strength[a] > strength[base] + 1e-9 and a != doubled]
+    if status == "PASS" and stronger:
+        status = "WARN"
+        detail += f"; not shown for the stronger {', '.join(stronger)}"
+    return [_check(name, model, mode, status, detail + f" (tol {tol:.3f})", worst)]
+
+
+def _unbounded_check(table: pd.DataFrame, model: str, mode: str, tol: float) -> dict:
+    """At eps = 1 the ball is the whole image space: the strongest attack must reach 100 % (within ``tol``)."""
+    name = "unbounded eps reaches 100 %"
+    rows = table[(table.model == model) & (table["mode"] == mode)]
+    largest = float(rows.eps.max())
+    if largest < UNBOUNDED_EPS:
+        return _check(name, model, mode, "SKIP", f"sweep stops at eps {largest:g} < {UNBOUNDED_EPS:g}")
+    at_max = rows[rows.eps == largest]
+    value = float(at_max[_metric(mode)].max())  # the worst case where there is one: it is the maximum
+    best = ", ".join(at_max.attack[at_max[_metric(mode)] >= value - 1e-9])
+    return _check(name, model, mode, "PASS" if value >= 1 - tol - 1e-9 else "FAIL",
+                  f"{_metric(mode)} {value:.3f} at eps {largest:g} ({best}); need >= {1 - tol:.3f}", value)
+
+
+def _noise_checks(table: pd.DataFrame, model: str, mode: str, tol: float) -> list[dict]:
+    """Uniform random noise barely changes accuracy below eps 0.5 (where the ball stays near the image):
+    WARN (a noise-fragile model, not a flawed evaluation) where it moves error by more than ``tol``."""
+    name = "random noise barely changes accuracy"
+    rows = []
+    for attack in [a for a in _attacks_of(table, model, mode) if _base(a) == "noise"]:
+        series = _series(table, model, attack, mode)
+        clean = float(series.get(0.0, series.iloc[0]))
+        shown = series[series.index < CHANCE_EPS] - clean
+        changed = [float(e) for e, c in shown.items() if c > tol + 1e-9]
+        figures = ", ".join(f"{e:g}: {100 * c:+.1f}" for e, c in shown.items())
+        rows.append(_check(name, model, mode, "WARN" if changed else "PASS",
+                           f"{attack}: change in points against eps 0 at eps {figures} (tol {tol:.3f})",
+                           float(shown.max()) if len(shown) else float("nan")))
     return rows
 
 
@@ -551,8 +688,8 @@ def _chance_check(table: pd.DataFrame, model: str, mode: str) -> dict:
     name = "chance error at eps >= 0.5"
     rows = table[(table.model == model) & (table["mode"] == mode)]
     largest = float(rows.eps.max())
-    if largest < 0.5:
-        return _check(name, model, mode, "SKIP", f"sweep stops at eps {largest:g} < 0.5")
+    if largest < CHANCE_EPS:
+        return _check(name, model, mode, "SKIP", f"sweep stops at eps {largest:g} < {CHANCE_EPS:g}")
     at_max = rows[rows.eps == largest]
     best = at_max[at_max.attack == "worst-case"] if (at_max.attack == "worst-case").any() else at_max
     error = float(best.adversarial_error.max())
@@ -606,16 +743,20 @@ def _gradient_checks(gradients: pd.DataFrame) -> list[dict]:
 
 
 def verdicts(checks: pd.DataFrame) -> pd.DataFrame:
-    """One ``verdict`` row per model: HOLDS (no check FAILs) or SUSPECT, and why (every FAIL, in order)."""
+    """One ``verdict`` row per model: HOLDS (no check FAILs) or SUSPECT, and why (every FAIL, in order).
+    A WARN never makes a verdict SUSPECT; the detail names the checks that warned."""
     rows = []
     for model in dict.fromkeys(checks.model):
         own = checks[checks.model == model]
         failed = own[own.status == "FAIL"]
         skipped = own[own.status == "SKIP"]
+        warned = own[own.status == "WARN"]
         if failed.empty:
             detail = f"robustness numbers hold: all {int((own.status == 'PASS').sum())} checks pass"
-            if not skipped.empty:
-                detail += f" ({len(skipped)} skipped: {', '.join(dict.fromkeys(skipped.check))})"
+            notes = [f"{len(s)} {word}: {', '.join(dict.fromkeys(s.check))}"
+                     for s, word in ((warned, "warned"), (skipped, "skipped")) if not s.empty]
+            if notes:
+                detail += f" ({'; '.join(notes)})"
         else:
             reasons = "; ".join(f"{r.check} [{r.mode}]: {r.detail}" for r in failed.itertuples(index=False))
             detail = f"robustness numbers suspect ({len(failed)} FAIL): {reasons}"
@@ -624,14 +765,19 @@ def verdicts(checks: pd.DataFrame) -> pd.DataFrame:
 
 
 def sanity_checks(table: pd.DataFrame, gradients: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Verdict rows (one per model, first), then PASS / FAIL / SKIP rows (check, model, mode, status,
-    value, detail) for a sweep table.
+    """Verdict rows (one per model, first), then PASS / WARN / FAIL / SKIP rows (check, model, mode,
+    status, value, detail) for a sweep table; the detail carries each check's figures.
 
-    Checks: iterative ≥ single-step at each eps; success monotone in eps; chance error (≥ 0.75) at
-    the largest eps if the sweep reaches 0.5; square, the vote attack and transfer no stronger than
-    the headline (strongest) white-box attack (:func:`_challenger_checks`); and, given
-    :func:`gradient_statistics`, non-zero finite input gradients. A model's verdict is HOLDS when
-    none of its checks FAILs, else SUSPECT with every failing check.
+    Checks: iterative ≥ single-step at each eps; success monotone in eps for every attack and the
+    worst case (:func:`_monotone_checks`: FGSM's overshoot only WARNs); converged, the strongest
+    doubled gradient attack within tolerance of its double (:func:`_convergence_checks`); chance
+    error (≥ 0.75) at the largest eps if the sweep reaches 0.5; 100 % at eps 1 (the unbounded ball)
+    if it reaches 1; square, the vote attack, transfer and noise no stronger than the headline
+    (strongest) white-box attack at any eps (:func:`_challenger_checks`; a lower bound of the
+    white-box worst case, so a PASS holds against that too); random noise barely changes accuracy
+    (:func:`_noise_checks`); and, given :func:`gradient_statistics`, non-zero finite input gradients.
+    A model's verdict is HOLDS when none of its checks FAILs (WARNs do not count), else SUSPECT with
+    every failing check.
     """
     rows: list[dict] = []
     for model in dict.fromkeys(table.model):
@@ -640,8 +786,11 @@ def sanity_checks(table: pd.DataFrame, gradients: pd.DataFrame | None = None) ->
             tol = tolerance(n)
             rows += _iterative_checks(table, model, mode, tol)
             rows += _monotone_checks(table, model, mode, tol)
+            rows += _convergence_checks(table, model, mode, tol)
             rows.append(_chance_check(table, model, mode))
+            rows.append(_unbounded_check(table, model, mode, tol))
             rows += _challenger_checks(table, model, mode, tol)
+            rows += _noise_checks(table, model, mode, tol)
     if gradients is not None:
         rows += _gradient_checks(gradients)
     columns = ["check", "model", "mode", "status", "value", "detail"]
@@ -656,12 +805,15 @@ def evaluate_robustness(models: dict[str, nn.Module], images: Tensor, labels: Te
                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One call: (sweep table, sanity-check table including gradient statistics).
 
-    The gradient statistics themselves are in ``checks.attrs["gradients"]`` (a DataFrame).
+    The gradient statistics themselves are in ``checks.attrs["gradients"]`` (a DataFrame), the
+    untargeted per-image outcomes (:data:`PER_IMAGE_COLUMNS`; what robust accuracy and its intervals
+    are computed from) in ``checks.attrs["per_image"]``.
     """
     config.validate()  # before the gradients, so a bad option costs nothing
     check_models(models, config)
     gradients = gradient_statistics(models, images, labels, scores=config.scores, batch_size=config.batch_size)
-    table = robustness_sweep(models, images, labels, config, dataset=dataset, progress=progress)
+    table, per_image = _sweep(models, images, labels, config, dataset=dataset, progress=progress)
     checks = sanity_checks(table, gradients)
     checks.attrs["gradients"] = gradients
+    checks.attrs["per_image"] = per_image
     return table, checks
