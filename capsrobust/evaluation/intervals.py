@@ -158,9 +158,10 @@ def bootstrap_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | n
         raise ValueError(f"a paired difference needs a and b of one shape, got {a.shape} and {b.shape}")
 
     def combine(x: np.ndarray, y: np.ndarray, axis: int | None = None) -> float:
-        if axis is None:
-            return float(statistic(x)) - float(statistic(y))
-        return statistic(x, axis=axis) - statistic(y, axis=axis)
+        with np.errstate(invalid="ignore"):  # inf − inf (e.g. two medians beyond the grid) is nan: undefined
+            if axis is None:
+                return float(statistic(x)) - float(statistic(y))
+            return statistic(x, axis=axis) - statistic(y, axis=axis)
 
     estimate, replicates, units = _replicates([a, b], combine, _array(clusters), _array(strata), resamples, seed)
     fields = _interval(estimate, replicates, level, units)
