@@ -10,25 +10,31 @@ import click
 
 VIEWPOINT_HELP = """\
 Table 2 of the paper for SPLIT (azimuth or elevation): train the CNN and a capsule net on the
-familiar views only, stop the capsule net where its familiar error matches the CNN's, and
-compare their error on novel views.
+familiar views only, take them where their familiar errors match, and compare their error on
+novel views.
 
 \b
 azimuth:   familiar azimuths 300°-40° (6 of 18); novel: the 12 others (60°-280°)
 elevation: familiar elevations 30°-40° (the 3 lowest); novel: 45°-70°
 
-Matching, both reported: `validation` (clean) matches on the held-out validation toys;
-`test-familiar (paper)` matches on the familiar test set, as the paper did. In each, the capsule
-checkpoint is the first whose familiar error is <= the CNN's (if none reaches it: the lowest,
-counted as not matched). On synthnorb the same test toys are also rendered at views outside
+Both models keep an evaluation-only checkpoint at every evaluation (about 40 per run) and every
+one is scored on the test set. Matching goes both ways, per seed: the model that is weaker on
+familiar views sets the target (its best familiar error, smoothed over neighbouring evaluations)
+and the stronger one is taken at its checkpoint nearest it; a pair more than 1 point apart is
+reported as such. Both protocols are reported: `validation` matches on the held-out validation
+toys; `test-familiar (paper)` matches on the familiar test images of half the lightings and
+reports on the other half. Novel-error differences, at the matched pair and along the
+novel-vs-familiar curves at common familiar levels, come with 95 % intervals from a bootstrap
+over the test toys. On synthnorb the same test toys are also rendered at views outside
 smallNORB's grid (elevations 0°-25° and 75°-85°, or the odd-10° azimuths) as an extrapolation
 test set (rendered once into the cache; --no-extrapolation skips it).
 
 Runs live in OUT/runs/<model>-seed<k>/; with --reuse, finished trainings are reused and
 interrupted ones resumed, so a killed experiment continues where it stopped. Writes table2.md/.csv
-(the paper's smallNORB numbers in a separate, labelled table), per_seed.csv, distance.md/.csv,
-error_vs_distance.png and provenance.json (command, commit, seeds, dataset checksum, budget,
-checkpoint SHA-256s) into OUT.
+(the paper's smallNORB numbers in a separate, labelled table), per_seed.csv, pairs.csv,
+differences.csv, trajectory.csv (every kept checkpoint with its errors and SHA-256),
+distance.md/.csv, novel_vs_familiar.png, error_vs_distance.png and provenance.json (command,
+commit, seeds, dataset checksum, budget, the matched checkpoints' SHA-256s) into OUT.
 
 \b
 Examples:
@@ -64,7 +70,8 @@ def command_line(ctx: click.Context, out: Path) -> str:
 @click.option("--seeds", type=int, default=3, show_default=True,
               help="Number of seeds (0, 1, ...); mean ± std over them.")
 @click.option("--budget", default="full", show_default=True,
-              help="quick: 200 steps each, for smoke runs; full: 10 epochs each.")
+              help="quick: 200 steps each, 30 kept checkpoints, for smoke runs; full: 10 epochs each, 40 kept "
+                   "checkpoints.")
 @click.option("--capsule-model", default="capsules-small", show_default=True, help="capsules or capsules-small.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory [default: results/viewpoint/SPLIT].")
@@ -77,7 +84,8 @@ def command_line(ctx: click.Context, out: Path) -> str:
 @click.option("--capsule-steps", type=int, default=None, help="Override the budget: total steps of the capsule net only.")
 @click.option("--batch-size", type=int, default=None, help="Override the budget's batch size (32).")
 @click.option("--eval-every", type=int, default=None,
-              help="Override: steps between evaluations (= matching candidates) of both models.")
+              help="Override: steps between evaluations (each keeps a checkpoint, a matching candidate) of both "
+                   "models [default: about 40 per run].")
 @click.option("--iterations", type=int, default=None, help="EM routing iterations of the capsule net [default: 3].")
 @click.option("--lambda-scale", type=float, default=None,
               help="Multiply the capsule net's EM inverse temperatures (1 = official) [default: 1].")

@@ -67,10 +67,15 @@ def test_report_states_the_three_answers_first(first_run: tuple[Path, str]) -> N
     assert lines[1].startswith("> **Smoke run (--budget quick)") and "not for conclusions" in lines[1]
     assert lines[2].startswith("- **Adversarial attacks**")
     assert lines[3].startswith("- **Novel azimuths**") and lines[4].startswith("- **Novel elevations**")
-    for line in lines[2:5]:  # who, by how much or no difference, the spread, and the support
-        assert any(word in line for word in ("more robust", "generalises better", "no clear difference")), line
-        assert "mean ± std over 1 seed" in line
-        assert "Sanity checks" in line or "Not supported" in line or "reached the CNN's familiar error" in line
+    attack = lines[2]  # who, by how much or no difference, the spread, and the support
+    assert any(word in attack for word in ("more robust", "no clear difference")), attack
+    assert "mean ± std over 1 seed" in attack and ("Sanity checks" in attack or "Not supported" in attack)
+    for line in lines[3:5]:  # the direction with its interval, or the smallest detectable difference; the pairs
+        assert ("generalises better**" in line
+                or "**no difference detectable; the smallest detectable difference is" in line), line
+        assert "mean over 1 seed; 95 % interval from a bootstrap over the test toys" in line
+        assert "Matched familiar (validation) errors: seed 0" in line and "gap" in line and "target set by" in line
+        assert "Every pair within 1 point" in line or "Not supported as it stands" in line
     assert "SMOKE RUN" in output and "- **Adversarial attacks**" in output
 
 
@@ -85,7 +90,8 @@ def test_report_has_every_table_the_paper_apart_and_provenance(first_run: tuple[
     assert report.count("Paper (smallNORB)") == 4 and report.count("reference only, not this dataset") == 4
     assert "Source: Hinton, Sabour & Frosst" in report
     for figure in ("figures/untargeted-seed0.png", "figures/targeted-seed0.png", "figures/viewpoint-azimuth.png",
-                   "figures/viewpoint-elevation.png"):
+                   "figures/viewpoint-elevation.png", "figures/viewpoint-azimuth-curve.png",
+                   "figures/viewpoint-elevation-curve.png"):
         assert f"]({figure})" in report and (out / figure).read_bytes()[:4] == b"\x89PNG"
     record = json.loads((out / "provenance.json").read_text())
     assert record["experiment"] == "study" and record["seeds"] == [0] and len(record["dataset_checksum"]) == 64
@@ -98,7 +104,7 @@ def test_html_report_is_self_contained(first_run: tuple[Path, str]) -> None:
     out, _ = first_run
     page = (out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    assert page.count('src="data:image/png;base64,') == 4
+    assert page.count('src="data:image/png;base64,') == (out / "REPORT.md").read_text().count("](figures/") >= 6
     assert "src=\"http" not in page and "href=" not in page  # nothing to fetch
     assert '<p class="banner">Smoke run' in page and "<strong>Adversarial attacks</strong>" in page
     assert "<table>" in page and "Paper (smallNORB)" in page
@@ -280,3 +286,82 @@ def test_compare_needs_a_gap_above_the_floor_and_the_seed_spread() -> None:
     # A 5-point mean gap that flips sign between seeds is no difference.
     assert compare([0.10, 0.30], [0.20, 0.10])[0] == "neither"
     assert compare([0.10, 0.12], [0.20, 0.21])[1] == pytest.approx(-0.095)
+
+
+# ----------------------------------------------------------------------------------------------
+# The viewpoint stages: kept checkpoints of both models, two-way matching, the answer
+
+
+def test_viewpoint_stage_keeps_every_checkpoint_of_both_models_and_matches_both_ways(
+        first_run: tuple[Path, str]) -> None:
+    out, _ = first_run
+    result = study.load_viewpoint_result(out, "azimuth")
+    assert result is not None and result.lightings == {"match": [0], "report": [3]}
+    # 4 steps, evaluated every 2: two kept checkpoints per run, for the CNN as for the capsule net, all scored.
+    kept = result.trajectory.groupby("model")["step"].apply(list).to_dict()
+    assert kept == {"capsules-small": [2, 4], "cnn": [2, 4]}
+    assert all((out / "viewpoint" / "azimuth" / path).is_file() for path in result.trajectory["checkpoint"])
+    for (protocol, seed), pair in result.per_seed.groupby(["protocol", "seed"]):
+        assert sorted(pair["role"]) == ["matched", "target"], protocol
+        weaker, stronger = pair[pair["role"] == "target"].iloc[0], pair[pair["role"] == "matched"].iloc[0]
+        assert weaker["smoothed_best"] >= stronger["smoothed_best"]  # the weaker model sets the target
+        assert weaker["matching_target"] == pytest.approx(weaker["smoothed_best"])
+        assert bool(weaker["matched"]) == (abs(stronger["matching_error"] - weaker["matching_error"]) <= 0.01 + 1e-12)
+    matched = result.differences[result.differences["comparison"] == "matched"]
+    assert sorted(matched["protocol"]) == sorted(result.per_seed["protocol"].unique())
+    assert (matched["ci_low"] <= matched["difference"] + 1e-12).all()
+    assert (matched["difference"] <= matched["ci_high"] + 1e-12).all()
+    answer = next(a for a in json.loads((out / "provenance.json").read_text())["answers"]
+                  if a["question"] == "Novel azimuths")
+    validation = matched[matched["protocol"] == "validation"].iloc[0]
+    assert answer["better"] == validation["better"]
+    assert f"[{100 * validation['ci_low']:+.1f}, {100 * validation['ci_high']:+.1f}]" in answer["line"]
+
+
+def _viewpoint_line(first_run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, **changes: object) -> tuple[str, bool]:
+    """The azimuth answer of the first run with the validation pair's verdict or matching changed."""
+    from types import SimpleNamespace
+
+    from capsrobust.reporting.study import _viewpoint_answer
+
+    out, _ = first_run
+    result = study.load_viewpoint_result(out, "azimuth")
+    validation = result.differences["protocol"] == "validation"
+    for column in ("better", "difference", "ci_low", "ci_high", "detectable"):
+        if column in changes:
+            result.differences.loc[validation, column] = changes[column]
+    if "gap" in changes:
+        rows = result.per_seed["protocol"] == "validation"
+        caps = rows & (result.per_seed["model"] == "capsules-small")
+        result.per_seed.loc[caps, "matching_error"] = result.per_seed.loc[rows & ~caps, "matching_error"].iloc[0] \
+            + changes["gap"]
+        result.per_seed.loc[rows, "matched"] = abs(changes["gap"]) <= 0.01
+    monkeypatch.setattr(study, "load_viewpoint_result", lambda *_: result)
+    answer = _viewpoint_answer(SimpleNamespace(out=out, budget=TINY), "azimuth")
+    return answer.line, answer.supported
+
+
+def test_viewpoint_answer_gives_the_direction_with_its_interval_or_the_detectable_difference(
+        first_run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    line, _ = _viewpoint_line(first_run, monkeypatch, better="cnn", difference=0.031, ci_low=0.012, ci_high=0.050)
+    assert "**the CNN generalises better**" in line and "difference +3.1 points [+1.2, +5.0]" in line
+    line, _ = _viewpoint_line(first_run, monkeypatch, better="neither", difference=0.01, ci_low=-0.02, ci_high=0.04,
+                              detectable=0.042)
+    assert "**no difference detectable; the smallest detectable difference is 4.2 points**" in line
+
+
+def test_viewpoint_answer_reports_a_pair_more_than_one_point_apart(first_run: tuple[Path, str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    line, supported = _viewpoint_line(first_run, monkeypatch, gap=0.03)
+    assert not supported and "gap +3.0 points" in line
+    assert "**Not supported as it stands:** 1/1 pair(s) more than 1 point apart in familiar error (seed 0)" in line
+    line, supported = _viewpoint_line(first_run, monkeypatch, gap=-0.005)
+    assert supported and "gap -0.5 points" in line and "Every pair within 1 point." in line
+
+
+def test_a_viewpoint_stage_of_the_one_way_protocol_is_refused_in_one_line(tmp_path: Path) -> None:
+    stage = tmp_path / "stages" / "viewpoint-azimuth"
+    stage.mkdir(parents=True)
+    (stage / "done.json").write_text(json.dumps({"stage": "viewpoint-azimuth", "files": ["per_seed.csv"]}))
+    with pytest.raises(ConfigError, match="older viewpoint stage.*new --out"):
+        study.load_viewpoint_result(tmp_path, "azimuth")

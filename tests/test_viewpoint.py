@@ -15,9 +15,12 @@ from capsrobust import training
 from capsrobust.checkpoints import load_checkpoint
 from capsrobust.data.prepared import prepare_data
 from capsrobust.data.synthnorb import is_complete, make_grid, render_dataset
-from capsrobust.errors import ConfigError, DataError
-from capsrobust.evaluation.viewpoint import (PAPER, VALIDATION, angular_distance_to_familiar, error_by_distance,
-                                             select_matched_checkpoint)
+from capsrobust.errors import CheckpointError, ConfigError, DataError
+from capsrobust.evaluation.viewpoint import (MATCH_TOLERANCE, PAPER, VALIDATION, ViewTestSet,
+                                             angular_distance_to_familiar, common_levels, curve_difference,
+                                             difference_interval, error_by_distance, lighting_halves,
+                                             matched_difference, novel_at_levels, per_toy_counts, select_two_way,
+                                             smoothed, toy_bootstrap_weights, toy_index, weighted_error)
 from capsrobust.experiments.viewpoint import ensure_extrapolation_set, get_budget, viewpoint_experiment
 from capsrobust.paths import CACHE_ENV
 from capsrobust.training import TrainConfig, TrainingInterrupted, model_from_checkpoint, train
@@ -87,25 +90,163 @@ def test_error_by_distance_counts_and_errors_per_bin() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The matching rule
+# The matching rule: the weaker model sets the target, both ways
 
 
-CANDIDATES = pd.DataFrame({"step": [30, 10, 20, 40, 50], "familiar_error": [0.20, 0.50, 0.30, 0.25, 0.20]})
+def curve(steps: list[int], errors: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"step": steps, "familiar_error": errors})
 
 
-def test_matching_picks_the_first_checkpoint_at_or_below_the_target() -> None:
-    choice = select_matched_checkpoint(CANDIDATES, target=0.30)
-    assert choice == {"step": 20, "familiar_error": 0.30, "target": 0.30, "matched": True}  # equality counts
+def test_smoothing_averages_each_evaluation_with_its_neighbours() -> None:
+    assert smoothed([0.5, 0.3, 0.1, 0.3, 0.5]).tolist() == pytest.approx([0.4, 0.3, 0.7 / 3, 0.3, 0.4])
+    assert smoothed([0.5, np.nan, 0.1], window=3).tolist() == pytest.approx([0.5, 0.3, 0.1])  # NaNs skipped
+    assert smoothed([0.2, 0.1], window=1).tolist() == [0.2, 0.1]
 
 
-def test_matching_ignores_later_and_better_checkpoints_once_one_reaches_the_target() -> None:
-    assert select_matched_checkpoint(CANDIDATES, target=0.22)["step"] == 30  # not 50, though equally good
+def test_the_weaker_model_sets_the_target_and_the_stronger_is_taken_nearest_it() -> None:
+    # "a" reaches 0.20 smoothed at best; "b" gets down to 0.05: "a" is weaker, "b" is taken where it is nearest 0.20.
+    a = curve([10, 20, 30, 40], [0.40, 0.22, 0.18, 0.20])  # smoothed: 0.31, 0.2667, 0.20, 0.19 -> best 0.19 at 40
+    b = curve([10, 20, 30, 40], [0.50, 0.30, 0.21, 0.05])  # nearest 0.19: step 30 (0.21)
+    choice = select_two_way({"a": a, "b": b})
+    assert choice["weaker"] == "a" and choice["target"] == pytest.approx(0.19)
+    assert choice["picks"]["a"] == {"step": 40, "familiar_error": 0.20, "smoothed_best": pytest.approx(0.19),
+                                    "role": "target"}
+    assert choice["picks"]["b"]["step"] == 30 and choice["picks"]["b"]["role"] == "matched"
+    assert choice["gap"] == pytest.approx(0.21 - 0.20) and choice["matched"] is True
 
 
-def test_matching_falls_back_to_the_lowest_error_and_says_so() -> None:
-    choice = select_matched_checkpoint(CANDIDATES, target=0.10)
-    assert choice["step"] == 30 and choice["familiar_error"] == 0.20  # earliest of the tied best
+def test_matching_works_in_either_direction() -> None:
+    a = curve([1, 2, 3], [0.30, 0.10, 0.08])
+    b = curve([1, 2, 3], [0.40, 0.35, 0.30])
+    assert select_two_way({"a": a, "b": b})["weaker"] == "b"
+    assert select_two_way({"b": b, "a": a})["weaker"] == "b"
+    assert select_two_way({"a": a, "b": b})["picks"]["a"]["step"] == 1  # 0.30 is nearest b's smoothed best 0.325
+
+
+def test_one_noisy_dip_does_not_set_the_target() -> None:
+    weak = curve([1, 2, 3, 4, 5], [0.40, 0.40, 0.10, 0.40, 0.40])  # one lucky evaluation at 0.10
+    strong = curve([1, 2, 3, 4, 5], [0.50, 0.30, 0.20, 0.12, 0.10])
+    choice = select_two_way({"weak": weak, "strong": strong})
+    assert choice["weaker"] == "weak" and choice["target"] == pytest.approx(0.30)  # not 0.10
+    assert choice["picks"]["strong"]["step"] == 2
+
+
+def test_a_pair_further_apart_than_one_point_is_not_matched() -> None:
+    weak = curve([1, 2], [0.30, 0.30])
+    strong = curve([1, 2], [0.10, 0.05])  # never near 0.30
+    choice = select_two_way({"weak": weak, "strong": strong})
+    assert choice["picks"]["strong"]["step"] == 1 and choice["gap"] == pytest.approx(-0.20)
     assert choice["matched"] is False
+    close = select_two_way({"weak": weak, "strong": curve([1, 2], [0.30 - MATCH_TOLERANCE, 0.05])})
+    assert close["matched"] is True  # exactly one point apart still counts
+
+
+def test_matching_needs_exactly_two_models_with_errors() -> None:
+    with pytest.raises(ValueError, match="two models"):
+        select_two_way({"a": curve([1], [0.1])})
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        select_two_way({"a": curve([1], [np.nan]), "b": curve([1], [0.1])})
+
+
+# ----------------------------------------------------------------------------------------------
+# The toy bootstrap and the curves
+
+
+def test_lighting_halves_alternate_and_need_two_lightings() -> None:
+    match, report = lighting_halves([5, 0, 1, 2, 3, 4, 0])
+    assert match.tolist() == [0, 2, 4] and report.tolist() == [1, 3, 5]
+    assert [h.tolist() for h in lighting_halves([3, 0])] == [[0], [3]]
+    with pytest.raises(DataError, match="at least two lightings"):
+        lighting_halves([2, 2])
+
+
+def test_toys_are_class_instance_pairs_and_counts_are_per_toy() -> None:
+    labels = np.array([0, 0, 1, 1, 1, 0])
+    instances = np.array([4, 5, 4, 4, 5, 4])  # toy (0, 4) twice; (1, 4) is another toy than (0, 4)
+    codes, classes = toy_index(labels, instances)
+    assert codes.tolist() == [0, 1, 2, 2, 3, 0] and classes.tolist() == [0, 0, 1, 1]
+    wrong = np.array([[1, 0, 1, 0, 1, 1], [0, 0, 0, 0, 0, 1]], dtype=bool)  # two checkpoints
+    counts, n = per_toy_counts(wrong, codes, 4, mask=np.array([True, True, True, True, True, False]))
+    assert n.tolist() == [1, 1, 2, 1]
+    assert counts.tolist() == [[1, 0, 1, 1], [0, 0, 0, 0]]
+
+
+def test_bootstrap_resamples_toys_within_their_class() -> None:
+    classes = np.array([0, 0, 0, 1, 1, 2])
+    weights = toy_bootstrap_weights(classes, draws=500, seed=3)
+    assert weights.shape == (500, 6)
+    assert (weights[:, :3].sum(1) == 3).all() and (weights[:, 3:5].sum(1) == 2).all() and (weights[:, 5] == 1).all()
+    assert weights[:, 0].mean() == pytest.approx(1.0, abs=0.15)  # each toy once on average
+    assert (weights == toy_bootstrap_weights(classes, draws=500, seed=3)).all()  # seeded
+
+
+def test_weighted_error_pools_images_of_the_resampled_toys() -> None:
+    wrong, n = np.array([1.0, 4.0, 0.0]), np.array([2.0, 4.0, 4.0])
+    weights = np.array([[1, 1, 1], [2, 0, 1], [0, 0, 0]])
+    errors = weighted_error(wrong, n, weights)
+    assert errors[0] == pytest.approx(5 / 10) and errors[1] == pytest.approx(2 / 8) and np.isnan(errors[2])
+    assert weighted_error(np.stack([wrong, 0 * wrong]), n, weights).shape == (3, 2)  # (B, K)
+
+
+def test_difference_interval_calls_a_direction_only_when_zero_is_outside() -> None:
+    rng = np.random.default_rng(0)
+    lower = difference_interval(-0.05, rng.normal(-0.05, 0.01, 4000))
+    assert lower["better"] == "first" and lower["ci_high"] < 0 < -lower["ci_low"]
+    assert lower["se"] == pytest.approx(0.01, rel=0.1) and lower["detectable"] == pytest.approx(2.8 * lower["se"], rel=1e-3)
+    assert difference_interval(0.05, rng.normal(0.05, 0.01, 4000))["better"] == "second"
+    assert difference_interval(0.01, rng.normal(0.01, 0.02, 4000))["better"] == "neither"
+
+
+def test_matched_difference_is_the_mean_over_seeds_with_a_toy_interval() -> None:
+    # Two toys; seed 0: capsules 2/10 wrong vs cnn 6/10 on both toys alike, seed 1 the same.
+    caps = [(np.array([1.0, 1.0]), np.array([5.0, 5.0]))] * 2
+    cnn = [(np.array([3.0, 3.0]), np.array([5.0, 5.0]))] * 2
+    result = matched_difference(caps, cnn, toy_bootstrap_weights(np.array([0, 0]), draws=200))
+    assert result["first_error"] == pytest.approx(0.2) and result["second_error"] == pytest.approx(0.6)
+    assert result["difference"] == pytest.approx(-0.4) and result["better"] == "first"
+    assert result["ci_low"] == pytest.approx(-0.4) and result["ci_high"] == pytest.approx(-0.4)  # toys agree
+    # One toy carries the whole difference: the interval widens to hold both extremes.
+    caps = [(np.array([0.0, 5.0]), np.array([5.0, 5.0]))]
+    cnn = [(np.array([5.0, 5.0]), np.array([5.0, 5.0]))]
+    spread = matched_difference(caps, cnn, toy_bootstrap_weights(np.array([0, 0]), draws=400))
+    assert spread["ci_low"] == pytest.approx(-1.0) and spread["ci_high"] == pytest.approx(0.0)
+    assert spread["better"] == "neither"
+
+
+def test_novel_error_is_interpolated_at_familiar_levels_along_the_curve() -> None:
+    familiar = np.array([0.6, 0.2, 0.4, 0.1])  # training order is not familiar order
+    novel = np.array([0.8, 0.4, 0.6, 0.3])
+    assert novel_at_levels(familiar, novel, np.array([0.15, 0.3, 0.5, 0.9])).tolist() == pytest.approx(
+        [0.35, 0.5, 0.7, 0.8])  # the end value outside the range
+    assert novel_at_levels(np.stack([familiar] * 3), np.stack([novel] * 3), np.array([0.3])).shape == (3, 1)
+    assert common_levels([familiar, np.array([0.3, 0.5, 0.9])], n=3).tolist() == pytest.approx([0.3, 0.45, 0.6])
+    assert len(common_levels([np.array([0.1, 0.2]), np.array([0.3, 0.4])])) == 0  # no overlap
+
+
+def test_curve_difference_compares_novel_error_at_equal_familiar_error() -> None:
+    # One seed, two toys, three checkpoints each; 10 familiar and 10 novel images per toy.
+    n = np.array([10.0, 10.0])
+    caps = [(np.array([[8.0, 8.0], [4.0, 4.0], [2.0, 2.0]]), n, np.array([[9.0, 9.0], [5.0, 5.0], [3.0, 3.0]]), n)]
+    cnn = [(np.array([[6.0, 6.0], [3.0, 3.0], [1.0, 1.0]]), n, np.array([[8.0, 8.0], [6.0, 6.0], [4.0, 4.0]]), n)]
+    levels = np.array([0.2, 0.4])
+    rows = curve_difference(caps, cnn, levels, toy_bootstrap_weights(np.array([0, 0]), draws=50))
+    # caps: familiar 0.2 -> novel 0.3, 0.4 -> 0.5; cnn: familiar 0.3 -> 0.6, 0.1 -> 0.4, so 0.2 -> 0.5, 0.4 -> ~0.667.
+    assert [r["familiar_level"] for r in rows] == pytest.approx([0.2, 0.4])
+    assert [r["first_error"] for r in rows] == pytest.approx([0.3, 0.5])
+    assert [r["second_error"] for r in rows] == pytest.approx([0.5, 0.6 + 0.1 / 1.5])
+    assert all(r["better"] == "first" for r in rows)
+
+
+def test_subsample_keeps_instances_and_lightings_aligned() -> None:
+    import torch
+
+    test = ViewTestSet(torch.arange(10.0).reshape(10, 1, 1, 1), np.arange(10) % 5, np.zeros(10),
+                       np.arange(10) < 5, np.arange(10) * 10, np.arange(10) % 2)
+    small = test.subsample(4, seed=1)
+    kept = small.images.reshape(-1).long().numpy()
+    assert small.instances.tolist() == (kept * 10).tolist() and small.lightings.tolist() == (kept % 2).tolist()
+    match, report = test.halves()
+    assert match.tolist() == (np.arange(10) % 2 == 0).tolist() and (match ^ report).all()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,7 +400,8 @@ def test_an_interrupted_training_is_resumed_and_finished_ones_reused(
 
 
 def test_extrapolation_set_is_rendered_once_and_scored_on_test_toys(tmp_path: Path) -> None:
-    synth = render_dataset(tmp_path / "synth", azimuths=[0, 100], elevations=[30], lightings=[0], progress=False)
+    # Two lightings: the test-familiar protocol matches on one and reports on the other.
+    synth = render_dataset(tmp_path / "synth", azimuths=[0, 100], elevations=[30], lightings=[0, 1], progress=False)
     grid = make_grid([10, 90], [30], [0])  # two odd-10° azimuths: 10° and 50° from the nearest familiar one
     views = ensure_extrapolation_set("azimuth", seed=0, grid=grid, cache_dir=tmp_path / "cache", progress=False,
                                      log=lambda _: None)

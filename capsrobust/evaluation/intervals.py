@@ -168,16 +168,18 @@ def bootstrap_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | n
     return Difference(**fields, detectable=DETECTABLE_SE * fields["standard_error"])
 
 
-def decide(difference: Difference, *, positive: str, negative: str) -> Verdict:
+def decide(difference: Difference, *, positive: str, negative: str, scale: float = 100.0, unit: str = " points",
+           digits: int = 1) -> Verdict:
     """The verdict a paired difference a − b supports: ``positive`` when the interval lies above 0,
     ``negative`` when below, else "no difference detectable; the smallest detectable difference is X points"
-    (X = ``difference.detectable`` in points, i.e. × 100 for fractions)."""
+    (X = ``difference.detectable`` × ``scale`` with ``digits`` decimals and ``unit``: points of a fraction by
+    default; e.g. ``scale=1, unit=" (eps)", digits=4`` for a difference of eps values)."""
     if difference.low > 0:
         return Verdict(1, positive, difference)
     if difference.high < 0:
         return Verdict(-1, negative, difference)
     detectable = difference.detectable
-    size = f"{100 * detectable:.1f} points" if math.isfinite(detectable) else "not estimable"
+    size = f"{scale * detectable:.{digits}f}{unit}" if math.isfinite(detectable) else "not estimable"
     return Verdict(0, f"no difference detectable; the smallest detectable difference is {size}", difference)
 
 

@@ -12,10 +12,10 @@ within each seed and average the seeds (:mod:`capsrobust.evaluation.intervals`):
   classify correctly, and the paired difference first − second on the same images;
 - the robust accuracy averaged over [0, eps*] (the trapezoid area under the curve divided by eps*),
   eps* the first grid eps at which the second model's (the CNN's) pooled robust accuracy falls below
-  :data:`EPS_STAR_ACCURACY` -- the range where the curves still differ, instead of an average over
-  saturated eps;
+  :data:`EPS_STAR_ACCURACY` (below eps 0.5, the sanity checks' eps) -- the range where the curves
+  still differ, instead of an average over saturated eps;
 - the median minimal adversarial eps per image, *bracketed by the grid*: the smallest grid eps at
-  which the worst case broke the image (0 if wrong on the clean input, inf if never) -- an upper
+  which the worst case broke the image (0 if wrong on the clean input, inf if no eps below 0.5 did) -- an upper
   bound of the true minimal eps within one grid step, not a bisection; the median is the lower
   median (:func:`grid_median`), so it stays on the grid.
 
@@ -32,6 +32,7 @@ import pandas as pd
 
 from capsrobust.evaluation.intervals import (DEFAULT_RESAMPLES, Difference, Interval, Verdict, bootstrap_difference,
                                              bootstrap_interval, decide)
+from capsrobust.evaluation.robustness import CHANCE_EPS
 
 __all__ = ["EPS_STAR_ACCURACY", "RobustComparison", "compare_robust_accuracy", "grid_median", "minimal_eps",
            "robust_matrix"]
@@ -55,6 +56,7 @@ class RobustComparison:
     second: str
     seeds: int
     eps_star: float
+    eps_star_reached: bool  # False: the second model never fell below EPS_STAR_ACCURACY; eps* is the last eps
     per_eps: pd.DataFrame
     area_first: Interval
     area_second: Interval
@@ -108,9 +110,13 @@ def _area(robust: pd.DataFrame, eps_star: float) -> np.ndarray:
     return area / eps_star if eps_star > 0 else np.full(len(robust), np.nan)
 
 
-def _eps_star(second: pd.DataFrame, strata: np.ndarray) -> float:
-    """The first eps where ``second``'s robust accuracy (mean over strata) falls below EPS_STAR_ACCURACY."""
+def _eps_star(second: pd.DataFrame, strata: np.ndarray, max_eps: float) -> float:
+    """The first eps below ``max_eps`` where ``second``'s robust accuracy (mean over strata) falls below
+    EPS_STAR_ACCURACY; the largest eps below ``max_eps`` if it never does."""
     pooled = second.groupby(strata).mean().mean()
+    pooled = pooled[pooled.index < max_eps]
+    if pooled.empty:
+        raise ValueError(f"no eps below {max_eps:g} to compare robust accuracy on")
     below = pooled[pooled < EPS_STAR_ACCURACY]
     return float(below.index[0]) if len(below) else float(pooled.index[-1])
 
@@ -139,12 +145,15 @@ def _per_eps_rows(a: pd.DataFrame, b: pd.DataFrame, strata: np.ndarray, subset: 
 
 
 def compare_robust_accuracy(per_image: pd.DataFrame, first: str, second: str, *, names: tuple[str, str] | None = None,
-                            resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> RobustComparison:
+                            max_eps: float = CHANCE_EPS, resamples: int = DEFAULT_RESAMPLES,
+                            seed: int = 0) -> RobustComparison:
     """Robust accuracy of ``first`` against ``second`` (model names in ``per_image``) on the same images.
 
     per_image: :data:`~capsrobust.evaluation.robustness.PER_IMAGE_COLUMNS` rows of both models, with a
     ``seed`` column to pool several sweeps (each seed's images resampled on their own, seeds averaged).
-    names: how verdicts call the two (default: the model names). Deterministic given ``seed``.
+    names: how verdicts call the two (default: the model names). max_eps: eps* and the minimal eps are
+    sought below it (default 0.5: from there on the ball holds a grey image; those eps are for the sanity
+    checks). Deterministic given ``seed``.
     """
     names = names or (first, second)
     a, b = robust_matrix(per_image, first), robust_matrix(per_image, second)
@@ -158,16 +167,18 @@ def compare_robust_accuracy(per_image: pd.DataFrame, first: str, second: str, *,
     correct = (_clean_correct(per_image, first, common) & _clean_correct(per_image, second, common))
     rows = _per_eps_rows(a, b, strata, "all", np.ones(len(a), dtype=bool), eps_std, names, options)
     rows += _per_eps_rows(a, b, strata, "both correct", correct, eps_std, names, options)
-    eps_star = _eps_star(b, strata)
+    eps_star = _eps_star(b, strata, max_eps)
     area_a, area_b = _area(a, eps_star), _area(b, eps_star)
     area = bootstrap_difference(area_a, area_b, strata=strata, **options)
-    min_a, min_b = minimal_eps(a), minimal_eps(b)
+    below = [e for e in a.columns if e < max_eps]
+    min_a, min_b = minimal_eps(a[below]), minimal_eps(b[below])
     median = bootstrap_difference(min_a, min_b, statistic=grid_median, strata=strata, **options)
     more = dict(positive=f"{names[0]} more robust", negative=f"{names[1]} more robust")
     return RobustComparison(
-        first=first, second=second, seeds=len(set(strata.tolist())), eps_star=eps_star, per_eps=pd.DataFrame(rows),
+        first=first, second=second, seeds=len(set(strata.tolist())), eps_star=eps_star,
+        eps_star_reached=bool(b[eps_star].groupby(strata).mean().mean() < EPS_STAR_ACCURACY), per_eps=pd.DataFrame(rows),
         area_first=bootstrap_interval(area_a, strata=strata, **options),
         area_second=bootstrap_interval(area_b, strata=strata, **options), area=area, verdict=decide(area, **more),
         median_eps_first=bootstrap_interval(min_a, statistic=grid_median, strata=strata, **options),
         median_eps_second=bootstrap_interval(min_b, statistic=grid_median, strata=strata, **options),
-        median_eps=median, median_verdict=decide(median, **more))
+        median_eps=median, median_verdict=decide(median, **more, scale=1.0, unit=" in eps", digits=4))

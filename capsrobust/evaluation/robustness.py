@@ -654,13 +654,16 @@ def _convergence_checks(table: pd.DataFrame, model: str, mode: str, tol: float) 
 
 
 def _unbounded_check(table: pd.DataFrame, model: str, mode: str, tol: float) -> dict:
-    """At eps = 1 the ball is the whole image space: the strongest attack must reach 100 % (within ``tol``)."""
+    """At eps = 1 the ball is the whole image space: the strongest attack (the worst case; FGSM alone is not
+    asked to) must reach 100 % (within ``tol``)."""
     name = "unbounded eps reaches 100 %"
     rows = table[(table.model == model) & (table["mode"] == mode)]
     largest = float(rows.eps.max())
     if largest < UNBOUNDED_EPS:
         return _check(name, model, mode, "SKIP", f"sweep stops at eps {largest:g} < {UNBOUNDED_EPS:g}")
-    at_max = rows[rows.eps == largest]
+    at_max = rows[(rows.eps == largest) & (rows.attack != "fgsm")]  # one step is not expected to get there
+    if at_max.empty:
+        return _check(name, model, mode, "SKIP", f"needs an iterative attack at eps {largest:g}")
     value = float(at_max[_metric(mode)].max())  # the worst case where there is one: it is the maximum
     best = ", ".join(at_max.attack[at_max[_metric(mode)] >= value - 1e-9])
     return _check(name, model, mode, "PASS" if value >= 1 - tol - 1e-9 else "FAIL",
@@ -675,7 +678,7 @@ def _noise_checks(table: pd.DataFrame, model: str, mode: str, tol: float) -> lis
     for attack in [a for a in _attacks_of(table, model, mode) if _base(a) == "noise"]:
         series = _series(table, model, attack, mode)
         clean = float(series.get(0.0, series.iloc[0]))
-        shown = series[series.index < CHANCE_EPS] - clean
+        shown = series[(series.index > 0) & (series.index < CHANCE_EPS)] - clean
         changed = [float(e) for e, c in shown.items() if c > tol + 1e-9]
         figures = ", ".join(f"{e:g}: {100 * c:+.1f}" for e, c in shown.items())
         rows.append(_check(name, model, mode, "WARN" if changed else "PASS",

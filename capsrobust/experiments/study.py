@@ -144,26 +144,30 @@ class StudyBudget:
 #: ``--train-runs results/train`` can stand in for its trainings. Its attack sweep is sized for 2 CPU
 #: cores (~2 hours for two seeds with borrowed trainings): AutoAttack alone took 238 s for 50 images and
 #: both models there (results/attacks/autoattack), so the sweep attacks 200 images per seed with
-#: 10-step attacks, PGD 20x3 as the restart check, and an eps grid that stops where every model is at
-#: chance. The viewpoint tests use a fixed random 6,000
-#: of the 24,300 test images (~2,000 familiar, ~4,000 novel) and 4,000 extrapolation views: the paper's
-#: matching protocol scores every kept capsule checkpoint (40 per run) on the familiar test images,
-#: ~30 minutes per run on one core with all of them.
+#: 10-step attacks, PGD 20x3 as the convergence check (pgd doubled), 20 draws of uniform noise as the
+#: random baseline, and an eps grid with the paper's standardised 0.1-0.5 (pixel 0.0125-0.0625 at the
+#: synthnorb mean image std of 0.127), 0.5 for the chance check and 1.0, the unbounded ball (at these
+#: eps every image breaks at the first steps, so they cost little). ``quick`` keeps a doubled pgd,
+#: noise and eps 1.0 too, so every check runs in the smoke test.
+#: The viewpoint tests use a fixed random 6,000
+#: of the 24,300 test images (~2,000 familiar, ~4,000 novel) and 4,000 extrapolation views: every kept
+#: checkpoint of both models (40 per run) is scored on them, ~15 minutes per capsule run on 2 CPU cores.
 STUDY_BUDGETS: dict[str, StudyBudget] = {
     "quick": StudyBudget(
         "quick", smoke=True, seeds=2, capsule_steps=150, cnn_steps=150, eval_every=50, max_eval_examples=300,
         clean_test_examples=1000, matched_cnn_steps=150, matched_eval_every=10,
-        attacks=("fgsm", "bim", "pgd", "apgd", "transfer", "vote"), attack_steps=5, attack_images=64,
-        targeted_images=24, eps=(0.0, 0.01, 0.02, 0.05, 0.1),
-        viewpoint=ViewpointBudget("quick", cnn_steps=120, capsule_steps=120, eval_every=30, max_eval_examples=300,
-                                  extrapolation_lightings=(0,), max_test_examples=600,
+        attacks=("fgsm", "bim", "pgd", "pgd:10x2", "apgd", "transfer", "vote", "noise"), attack_steps=5,
+        attack_images=64, targeted_images=24, eps=(0.0, 0.01, 0.02, 0.05, 0.1, 1.0),
+        viewpoint=ViewpointBudget("quick", cnn_steps=120, capsule_steps=120, checkpoints_per_run=30,
+                                  max_eval_examples=300, extrapolation_lightings=(0,), max_test_examples=600,
                                   max_extrapolation_examples=300),
     ),
     "full": StudyBudget(
         "full", smoke=False, seeds=2, capsule_epochs=30, cnn_epochs=20, max_eval_examples=2000,
         matched_cnn_steps=3000, matched_eval_every=50,
-        attacks=("fgsm", "bim", "pgd", "pgd:20x3", "autoattack", "transfer", "vote"), attack_steps=10,
-        attack_images=200, targeted_images=100, eps=(0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+        attacks=("fgsm", "bim", "pgd", "pgd:20x3", "autoattack", "transfer", "vote", "noise:20"), attack_steps=10,
+        attack_images=200, targeted_images=100,
+        eps=(0.0, 0.005, 0.01, 0.0125, 0.02, 0.025, 0.0375, 0.05, 0.0625, 0.1, 0.5, 1.0),
         viewpoint=ViewpointBudget("full", cnn_epochs=10, capsule_epochs=10, max_eval_examples=2000,
                                   max_test_examples=6000, max_extrapolation_examples=4000),
     ),
@@ -336,18 +340,16 @@ def _estimate(budget: StudyBudget, seeds: list[int], sizes: dict[str, int], in_c
             # Both models; a gradient costs ~ a training image. Early stopping makes this an upper bound.
             estimate[f"attack-{stage}-seed{seed}"] = sum(gradient_images / speed[m][0] for m in (caps, CNN))
     vp = budget.viewpoint
+    test = capped(vp.max_test_examples, sizes["test"])
+    extrapolation = capped(vp.max_extrapolation_examples, sizes["test"])
     for split in SPLITS:
         seconds = 0.0
-        evals_of = {}
         for model, steps, epochs in ((caps, vp.capsule_steps, vp.capsule_epochs), (CNN, vp.cnn_steps, vp.cnn_epochs)):
             total = steps_of(model, steps, epochs, sizes[split])
-            evals_of[model] = total // vp.eval_every if vp.eval_every else 10 * vp.capsule_evals_per_epoch
-            seconds += training(model, total, evals_of[model], capped(vp.max_eval_examples, sizes["validation"] // 3))
-        candidates = evals_of[caps]  # the capsule run keeps a checkpoint at each evaluation
-        test = capped(vp.max_test_examples, sizes["test"])
-        # The paper's matching scores capsule checkpoints on the familiar third of the test images up to the
-        # first that reaches the CNN (at worst all of them); then both protocols' picks and the CNN on all.
-        seconds += (candidates * test / 3 + 2 * test) / speed[caps][1] + test / speed[CNN][1]
+            kept = math.ceil(total / vp.eval_every_for(total))  # each evaluation keeps a checkpoint
+            seconds += training(model, total, kept, capped(vp.max_eval_examples, sizes["validation"] // 3))
+            # Every kept checkpoint scored on the test images; each protocol's pick on the extrapolation views.
+            seconds += (kept * test + 2 * extrapolation) / speed[model][1]
         estimate[f"viewpoint-{split}"] = seconds * len(seeds)
     return estimate
 
@@ -443,7 +445,8 @@ def _stage_match(context: _Context, seed: int, stage: str) -> dict[str, Any]:
 
 
 def _stage_attack(context: _Context, seed: int, stage: str, mode: str) -> dict[str, Any]:
-    """The robustness sweep of the matched pair (one mode), its sanity checks and gradient statistics."""
+    """The robustness sweep of the matched pair (one mode), its sanity checks and gradient statistics, and
+    (untargeted) the worst case per image (``per_image.csv``)."""
     budget = context.budget
     pair = load_stage(context.out, f"match-seed{seed}")
     assert pair is not None
@@ -460,12 +463,13 @@ def _stage_attack(context: _Context, seed: int, stage: str, mode: str) -> dict[s
     table, checks = evaluate_robustness(models, images, labels, config, dataset=context.data.describe(),
                                         progress=lambda row: bar.update(1))
     bar.close()
-    write_csv(table, directory / "sweep.csv")
-    write_csv(checks, directory / "checks.csv")
-    write_csv(checks.attrs["gradients"], directory / "gradients.csv")
+    files = {"sweep.csv": table, "checks.csv": checks, "gradients.csv": checks.attrs["gradients"]}
+    if mode == "untargeted":  # the worst case per image: what robust accuracy and its intervals come from
+        files["per_image.csv"] = checks.attrs["per_image"]
+    for name, frame in files.items():
+        write_csv(frame, directory / name)
     return {"seed": seed, "mode": mode, "n": n, "attacks": list(attacks), "eps": list(budget.eps),
-            "steps": budget.attack_steps, "mean_image_std": table.attrs.get("mean_image_std"),
-            "files": ["sweep.csv", "checks.csv", "gradients.csv"]}
+            "steps": budget.attack_steps, "mean_image_std": table.attrs.get("mean_image_std"), "files": list(files)}
 
 
 def _stage_viewpoint(context: _Context, split: str, seeds: list[int], stage: str) -> dict[str, Any]:
@@ -478,12 +482,17 @@ def _stage_viewpoint(context: _Context, split: str, seeds: list[int], stage: str
     bar.update(1)
     bar.close()
     directory = _stage_dir(context.out, stage)
-    write_csv(result.per_seed, directory / "per_seed.csv")
-    write_csv(result.distance, directory / "distance.csv")
+    for name in _VIEWPOINT_TABLES:
+        write_csv(getattr(result, name), directory / f"{name}.csv")
     return {"split": split, "dataset": result.dataset, "dataset_name": result.dataset_name, "mode": result.mode,
             "dataset_checksum": result.dataset_checksum, "capsule_model": result.capsule_model,
             "budget": dataclasses.asdict(result.budget), "seeds": result.seeds, "checkpoints": result.checkpoints,
-            "runs": result.runs, "extrapolation": result.extrapolation, "files": ["per_seed.csv", "distance.csv"]}
+            "runs": result.runs, "lightings": result.lightings, "extrapolation": result.extrapolation,
+            "files": [f"{name}.csv" for name in _VIEWPOINT_TABLES]}
+
+
+#: The tables of a viewpoint result a stage keeps (``<name>.csv``), as :class:`ViewpointResult` names them.
+_VIEWPOINT_TABLES = ("per_seed", "distance", "trajectory", "differences")
 
 
 def load_viewpoint_result(out: str | os.PathLike[str], split: str) -> ViewpointResult | None:
@@ -492,8 +501,11 @@ def load_viewpoint_result(out: str | os.PathLike[str], split: str) -> ViewpointR
     if record is None:
         return None
     directory = _stage_dir(Path(out), f"viewpoint-{split}")
-    per_seed = pd.read_csv(directory / "per_seed.csv")
-    per_seed["matched"] = per_seed["matched"].astype(object)
+    if "lightings" not in record or not all((directory / f"{name}.csv").is_file() for name in _VIEWPOINT_TABLES):
+        raise ConfigError(f"{directory}: written by an older viewpoint stage (one-way matching, no kept CNN "
+                          "checkpoints); run the study into a new --out")
+    tables = {name: pd.read_csv(directory / f"{name}.csv") for name in _VIEWPOINT_TABLES}
+    tables["per_seed"]["matched"] = tables["per_seed"]["matched"].astype(object)
     budget_fields = dict(record["budget"])
     for key in ("extrapolation_lightings",):
         if budget_fields.get(key) is not None:
@@ -501,9 +513,9 @@ def load_viewpoint_result(out: str | os.PathLike[str], split: str) -> ViewpointR
     return ViewpointResult(
         split=split, dataset=record["dataset"], dataset_name=record["dataset_name"], mode=record["mode"],
         dataset_checksum=record["dataset_checksum"], capsule_model=record["capsule_model"],
-        budget=ViewpointBudget(**budget_fields), seeds=record["seeds"], per_seed=per_seed,
-        distance=pd.read_csv(directory / "distance.csv"), checkpoints=record["checkpoints"], runs=record["runs"],
-        extrapolation=record["extrapolation"], seconds=record["seconds"])
+        budget=ViewpointBudget(**budget_fields), seeds=record["seeds"], **tables, checkpoints=record["checkpoints"],
+        runs=record["runs"], lightings=record["lightings"], extrapolation=record["extrapolation"],
+        seconds=record["seconds"])
 
 
 # ----------------------------------------------------------------------------------------------

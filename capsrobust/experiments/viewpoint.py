@@ -1,17 +1,21 @@
 """Viewpoint generalisation at matched familiar error, the orchestration (paper §5.1, Table 2).
 
 Per seed: train (or reuse) the CNN and a capsule net on the familiar views of a split
-(``azimuth``: 300°-40°; ``elevation``: 30°-40°), stop the capsule net where its familiar error
-first matches the CNN's -- under both protocols of :mod:`capsrobust.evaluation.viewpoint` -- and
-compare the two on the novel views. The capsule run keeps an evaluation-only checkpoint at every
-evaluation (``TrainConfig.keep_checkpoints``), so either matching rule can be applied after
-training. How long each model trains, and on how many test images it is scored, is a
-:class:`ViewpointBudget` (:data:`BUDGETS`).
+(``azimuth``: 300°-40°; ``elevation``: 30°-40°). Both runs keep an evaluation-only checkpoint at
+every evaluation (``TrainConfig.keep_checkpoints``; :attr:`ViewpointBudget.checkpoints_per_run`,
+about 40, spread evenly over the run), and every kept checkpoint of both models is scored on the
+test set. Then, under both protocols of :mod:`capsrobust.evaluation.viewpoint`, the weaker model
+on familiar views sets the target (its smoothed best familiar error) and the stronger one is taken
+at its checkpoint nearest it (:func:`~capsrobust.evaluation.viewpoint.select_two_way`); the pair's
+novel errors are compared, and so are the whole novel-against-familiar curves at common familiar
+levels, each with a 95 % interval from a bootstrap over the test toys. How long each model trains,
+and on how many test images it is scored, is a :class:`ViewpointBudget` (:data:`BUDGETS`).
 
 On synthnorb, :func:`ensure_extrapolation_set` renders the same test toys at views outside
 smallNORB's grid (elevations 0°-25° and 75°-85°, or the odd-10° azimuths), an extra
-"extrapolation" test set. The measurement maths is in :mod:`capsrobust.evaluation.viewpoint`; the
-report files are written by :mod:`capsrobust.reporting.viewpoint`.
+"extrapolation" test set, scored for the matched checkpoints. The measurement maths is in
+:mod:`capsrobust.evaluation.viewpoint`; the report files are written by
+:mod:`capsrobust.reporting.viewpoint`.
 
 Example::
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -35,14 +40,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from capsrobust.data.prepared import PreparedData, prepare_data
 from capsrobust.errors import CheckpointError, ConfigError, DataError
 from capsrobust.evaluation.learning_curves import load_metrics
-from capsrobust.evaluation.viewpoint import (BIN_WIDTH, PAPER, VALIDATION, ViewTestSet, angular_distance_to_familiar,
-                                             error_by_distance, error_fraction, load_view_test_set, predict_classes,
-                                             select_matched_checkpoint, viewpoint_split)
+from capsrobust.evaluation.viewpoint import (BIN_WIDTH, BOOTSTRAP_DRAWS, FAMILIAR_LEVELS, PAPER, PROTOCOLS,
+                                             VALIDATION, ViewTestSet, angular_distance_to_familiar, common_levels,
+                                             curve_difference, error_by_distance, lighting_halves, load_view_test_set,
+                                             matched_difference, per_toy_counts, predict_classes, select_two_way,
+                                             toy_bootstrap_weights, toy_index, viewpoint_split)
 from capsrobust.experiments.runs import load_model, train_or_reuse
 from capsrobust.models import MODEL_NAMES, is_capsule_model
 from capsrobust.provenance import file_sha256
@@ -67,8 +73,8 @@ class ViewpointBudget:
     capsule_steps: int | None = None
     capsule_epochs: float | None = None
     batch_size: int = 32
-    eval_every: int = 0  # 0: the CNN once per epoch, capsules capsule_evals_per_epoch times
-    capsule_evals_per_epoch: int = 4  # finer than the CNN's: the matched step is found at this resolution
+    eval_every: int = 0  # 0: both models every ceil(steps / checkpoints_per_run) steps
+    checkpoints_per_run: int = 40  # evaluations per run, each keeping an evaluation-only checkpoint (protocol: 30-60)
     max_eval_examples: int = 0  # 0: whole validation sets
     capsule_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"iterations": 2}
     extrapolation_lightings: tuple[int, ...] | None = None  # None: all six
@@ -118,9 +124,15 @@ class ViewpointBudget:
             return self
         return dataclasses.replace(self, name=f"{self.name} (overridden)", **changes)
 
-    def train_config(self, model: str, *, split: str, data_dir: str | None, mode: str, seed: int, n_train: int,
-                     target_familiar_error: float | None = None) -> Any:
-        """The :class:`~capsrobust.training.TrainConfig` of ``model`` under this budget."""
+    def eval_every_for(self, steps: int) -> int:
+        """Steps between evaluations (each keeps a checkpoint) of a run of ``steps`` steps: the budget's
+        ``eval_every``, or automatic: at most ``checkpoints_per_run`` evaluations, evenly spread."""
+        return self.eval_every or max(1, math.ceil(steps / max(1, self.checkpoints_per_run)))
+
+    def train_config(self, model: str, *, split: str, data_dir: str | None, mode: str, seed: int,
+                     n_train: int) -> Any:
+        """The :class:`~capsrobust.training.TrainConfig` of ``model`` under this budget: evaluated every
+        :meth:`eval_every_for` steps, an evaluation-only checkpoint kept at each evaluation."""
         from capsrobust.presets import resolve_preset
         from capsrobust.training import TrainConfig, total_steps
 
@@ -129,24 +141,20 @@ class ViewpointBudget:
             model=model, split=split, data_dir=data_dir, mode=mode, seed=seed, batch_size=self.batch_size,
             steps=self.cnn_steps if is_cnn else self.capsule_steps,
             epochs=self.cnn_epochs if is_cnn else self.capsule_epochs,
-            max_eval_examples=self.max_eval_examples, target_familiar_error=target_familiar_error,
-            keep_checkpoints=not is_cnn, model_overrides={} if is_cnn else dict(self.capsule_overrides),
+            max_eval_examples=self.max_eval_examples, keep_checkpoints=True,
+            model_overrides={} if is_cnn else dict(self.capsule_overrides),
         )
-        if self.eval_every:
-            config.eval_every = self.eval_every
-        elif not is_cnn:
-            steps_per_epoch = max(1, n_train // self.batch_size)
-            default = max(1, min(steps_per_epoch, total_steps(config, n_train) // 10))  # training's own default
-            config.eval_every = max(1, default // self.capsule_evals_per_epoch)
+        config.eval_every = self.eval_every_for(total_steps(config, n_train))
         return resolve_preset(config)  # as training records it, so a reused run compares like with like
 
 
 BUDGETS: dict[str, ViewpointBudget] = {
-    # Smoke run: a few hundred steps on a validation subsample, extrapolation at one lighting.
-    # Test sets subsampled (2,000 test, 1,000 extrapolation images): a capsule net scores ~300 images/s here.
-    "quick": ViewpointBudget("quick", cnn_steps=200, capsule_steps=200, eval_every=20, max_eval_examples=500,
-                             extrapolation_lightings=(0,), max_test_examples=2000, max_extrapolation_examples=1000),
-    # Comparable to a real run: 10 epochs each; the capsule net evaluated 4 times per epoch.
+    # Smoke run: a few hundred steps on a validation subsample, extrapolation at one lighting, 30 kept
+    # checkpoints per run. Test sets subsampled (1,000 test, 1,000 extrapolation images): every kept
+    # checkpoint is scored on the test images, and a capsule net scores ~300 images/s on 2 CPU cores.
+    "quick": ViewpointBudget("quick", cnn_steps=200, capsule_steps=200, checkpoints_per_run=30, max_eval_examples=500,
+                             extrapolation_lightings=(0,), max_test_examples=1000, max_extrapolation_examples=1000),
+    # Comparable to a real run: 10 epochs each, 40 kept checkpoints per run.
     "full": ViewpointBudget("full", cnn_epochs=10, capsule_epochs=10),
 }
 
@@ -249,12 +257,53 @@ class ViewpointResult:
     capsule_model: str
     budget: ViewpointBudget
     seeds: list[int]
-    per_seed: pd.DataFrame  # one row per (seed, protocol, model)
+    per_seed: pd.DataFrame  # one row per (seed, protocol, model): the matched pair
     distance: pd.DataFrame  # one row per (seed, protocol, model, views, distance bin)
-    checkpoints: list[dict[str, Any]]  # role, seed, path, step, sha256
+    trajectory: pd.DataFrame  # one row per (seed, model, kept checkpoint): its errors, path and SHA-256
+    differences: pd.DataFrame  # capsules − CNN novel error: matched pairs and common familiar levels, with intervals
+    checkpoints: list[dict[str, Any]]  # role, seed, path, step, sha256 of the checkpoints the answers rest on
     runs: list[dict[str, Any]]  # run directory, model, seed, what happened (trained/resumed/reused)
+    lightings: dict[str, list[int]]  # test-familiar protocol: lightings it matches on ("match") and reports on
     extrapolation: dict[str, Any] | None = None  # directory, grid, seed of the extrapolation render
     seconds: float = 0.0
+
+
+@dataclass
+class _Trajectory:
+    """Every kept checkpoint of one run, scored on the test set."""
+
+    model: str
+    steps: list[int]  # (K,) in training order
+    paths: list[Path]  # (K,)
+    validation_error: np.ndarray  # (K,) familiar error on the held-out validation toys (metrics.jsonl)
+    predictions: np.ndarray  # (K, N) class of test image n by checkpoint k
+    wrong: np.ndarray  # (K, N) bool: test image n misclassified by checkpoint k
+    trained_steps: int
+
+
+@dataclass
+class _Scoring:
+    """The test sets and the masks every seed is scored and matched with."""
+
+    split: str
+    out: Path
+    data: PreparedData
+    test: ViewTestSet
+    extra: ViewTestSet | None
+    codes: np.ndarray  # (N,) test toy of each image
+    classes: np.ndarray  # (T,) class of each test toy
+    match: np.ndarray  # (N,) in the matching half of the lightings (test-familiar protocol)
+    report: np.ndarray  # (N,) in the reporting half
+
+    def matching_errors(self, trajectory: _Trajectory, protocol: str) -> np.ndarray:
+        """Familiar error ``(K,)`` of each kept checkpoint on the protocol's matching set."""
+        if protocol == VALIDATION:
+            return trajectory.validation_error
+        return trajectory.wrong[:, self.test.familiar & self.match].mean(axis=1)
+
+    def reported(self, protocol: str) -> np.ndarray:
+        """Mask ``(N,)`` of the test images a protocol reports errors on (none chose the checkpoint)."""
+        return np.ones(len(self.test.labels), dtype=bool) if protocol == VALIDATION else self.report
 
 
 def viewpoint_experiment(
@@ -272,8 +321,10 @@ def viewpoint_experiment(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> ViewpointResult:
-    """Table 2 for one split: per seed, train the CNN and the capsule net on the familiar views,
-    match the capsule net to the CNN's familiar error under both protocols, and test both.
+    """Table 2 for one split: per seed, train the CNN and the capsule net on the familiar views
+    (each keeping ~40 evaluation-only checkpoints), score every kept checkpoint on the test set,
+    match the two models both ways under both protocols, and compare novel errors -- at the
+    matched pair and along the whole curve -- with intervals from a bootstrap over test toys.
 
     Runs live in ``out_dir/runs/<model>-seed<k>/``. Without ``reuse`` an existing run is an error;
     with it a finished run is reused (its settings must match) and a partial one resumed.
@@ -283,8 +334,10 @@ def viewpoint_experiment(
             the data is synthnorb.
         extrapolation_dir: a ready render of those views (same seed as the training data) instead of
             rendering :func:`extrapolation_grid` into the cache.
-    Returns: a :class:`ViewpointResult`; ``per_seed`` has columns seed, protocol, model, checkpoint,
-        step, trained_steps, matching_target, matching_error, matched, familiar_error, novel_error,
+    Returns: a :class:`ViewpointResult`; ``per_seed`` has columns seed, protocol, model, role
+        (``target``: the weaker model, whose smoothed best familiar error is the target;
+        ``matched``: the stronger, at its checkpoint nearest it), checkpoint, step, trained_steps,
+        smoothed_best, matching_target, matching_error, gap, matched, familiar_error, novel_error,
         extrapolation_error (errors as fractions).
     """
     start = time.perf_counter()
@@ -310,110 +363,174 @@ def viewpoint_experiment(
 
     meta = data.meta["testing"]
     test = ViewTestSet(data.images["testing"], data.labels["testing"].numpy(),
-                       angular_distance_to_familiar(meta, split).to_numpy(), protocol.is_familiar(meta))
+                       angular_distance_to_familiar(meta, split).to_numpy(), protocol.is_familiar(meta),
+                       meta["instance"].to_numpy(), meta["lighting"].to_numpy())
     test = test.subsample(budget.max_test_examples)
     if extra_set is not None:
         extra_set = extra_set.subsample(budget.max_extrapolation_examples)
+    codes, classes = toy_index(test.labels, test.instances)
+    scoring = _Scoring(split, Path(out_dir), data, test, extra_set, codes, classes, *test.halves())
+    lightings = dict(zip(("match", "report"), (h.tolist() for h in lighting_halves(test.lightings))))
     n_train = len(data.indices.train)
     data_dir_text = str(data_dir) if data_dir is not None else None
-    out = Path(out_dir)
-    rows, distance_rows, checkpoints, runs = [], [], [], []
+    rows, distance_rows, trajectory_rows, checkpoints, runs = [], [], [], [], []
+    trajectories: dict[int, dict[str, _Trajectory]] = {}
     for seed in seeds:
-        cnn_dir = out / "runs" / f"{CNN}-seed{seed}"
-        cnn_config = budget.train_config(CNN, split=split, data_dir=data_dir_text, mode=mode, seed=seed,
+        trajectories[seed] = {}
+        for model in (CNN, capsule_model):
+            run_dir = scoring.out / "runs" / f"{model}-seed{seed}"
+            config = budget.train_config(model, split=split, data_dir=data_dir_text, mode=mode, seed=seed,
                                          n_train=n_train)
-        runs.append({"run": str(cnn_dir), "model": CNN, "seed": seed,
-                     "action": train_or_reuse(cnn_config, cnn_dir, data, reuse=reuse, progress=progress, log=log)})
-        cnn_model, cnn_best = load_model(cnn_dir / "best.pt", data)
-        validation_target = float(cnn_best["best"]["validation_error"])
-
-        caps_dir = out / "runs" / f"{capsule_model}-seed{seed}"
-        caps_config = budget.train_config(capsule_model, split=split, data_dir=data_dir_text, mode=mode, seed=seed,
-                                          n_train=n_train, target_familiar_error=validation_target)
-        runs.append({"run": str(caps_dir), "model": capsule_model, "seed": seed,
-                     "action": train_or_reuse(caps_config, caps_dir, data, reuse=reuse, progress=progress, log=log)})
-
-        cnn_predictions = {"test": predict_classes(cnn_model, test.images)}
-        if extra_set is not None:
-            cnn_predictions["extrapolation"] = predict_classes(cnn_model, extra_set.images)
-        cnn_familiar_error = error_fraction(cnn_predictions["test"], test.labels, test.familiar)
-
-        # Capsule candidates: every kept checkpoint, in training order.
-        metrics = load_metrics(caps_dir)
-        candidate_steps = [int(s) for s in metrics["step"]]
-        step_path = {s: caps_dir / "checkpoints" / f"step-{s}.pt" for s in candidate_steps}
-        missing = [str(p) for p in step_path.values() if not p.exists()]
-        if missing:
-            raise CheckpointError(f"{missing[0]}: missing; the capsule run was not trained with keep_checkpoints -- "
-                                  "choose another --out to train it again")
-        validation_choice = select_matched_checkpoint(
-            pd.DataFrame({"step": metrics["step"], "familiar_error": metrics["validation_error"]}), validation_target)
-        paper_choice = _match_on_test(candidate_steps, step_path, test, cnn_familiar_error, data)
-
-        trained_steps = {CNN: int(cnn_best["total_steps"])}
-        cnn_path = cnn_dir / "best.pt"
-        checkpoints.append({"role": "cnn best (both protocols)", "seed": seed, "path": str(cnn_path),
-                            "step": int(cnn_best["step"]), "sha256": file_sha256(cnn_path)})
-        caps_predictions: dict[int, dict[str, np.ndarray]] = {}
-        for name, choice in ((VALIDATION, validation_choice), (PAPER, paper_choice)):
-            step = choice["step"]
-            if step not in caps_predictions:
-                caps_model, checkpoint = load_model(step_path[step], data)
-                trained_steps[capsule_model] = int(checkpoint["total_steps"])
-                caps_predictions[step] = {"test": predict_classes(caps_model, test.images)}
-                if extra_set is not None:
-                    caps_predictions[step]["extrapolation"] = predict_classes(caps_model, extra_set.images)
-            checkpoints.append({"role": f"{capsule_model} matched ({name})", "seed": seed, "path": str(step_path[step]),
-                                "step": step, "sha256": file_sha256(step_path[step])})
-            cnn_matching_error = validation_target if name == VALIDATION else cnn_familiar_error
-            entries = (
-                (CNN, cnn_path, int(cnn_best["step"]), float("nan"), cnn_matching_error, None, cnn_predictions),
-                (capsule_model, step_path[step], step, choice["target"], choice["familiar_error"], choice["matched"],
-                 caps_predictions[step]),
-            )
-            for model, path, model_step, target, matching_error, matched, predictions in entries:
-                rows.append({
-                    "seed": seed, "protocol": name, "model": model, "checkpoint": str(path.relative_to(out)),
-                    "step": model_step, "trained_steps": trained_steps[model], "matching_target": target,
-                    "matching_error": matching_error, "matched": matched,
-                    "familiar_error": error_fraction(predictions["test"], test.labels, test.familiar),
-                    "novel_error": error_fraction(predictions["test"], test.labels, ~test.familiar),
-                    "extrapolation_error": (error_fraction(predictions["extrapolation"], extra_set.labels)
-                                            if extra_set is not None else float("nan")),
-                })
-                for views, test_set in (("test", test), ("extrapolation", extra_set)):
-                    if test_set is None:
-                        continue
-                    binned = error_by_distance(predictions[views], test_set.labels, test_set.distances,
-                                               BIN_WIDTH[split])
-                    binned.insert(0, "views", views)
-                    binned.insert(0, "model", model)
-                    binned.insert(0, "protocol", name)
-                    binned.insert(0, "seed", seed)
-                    distance_rows.append(binned)
+            runs.append({"run": str(run_dir), "model": model, "seed": seed,
+                         "action": train_or_reuse(config, run_dir, data, reuse=reuse, progress=progress, log=log)})
+            trajectories[seed][model] = _score_run(model, run_dir, scoring, progress, log)
+            trajectory_rows.append(_trajectory_table(seed, trajectories[seed][model], scoring))
+        for name in PROTOCOLS:
+            seed_rows, seed_distance, seed_checkpoints = _match_seed(seed, name, trajectories[seed], scoring)
+            rows += seed_rows
+            distance_rows += seed_distance
+            checkpoints += seed_checkpoints
 
     per_seed = pd.DataFrame(rows)
     per_seed["matched"] = per_seed["matched"].astype(object)
-    distance = pd.concat(distance_rows, ignore_index=True)
     return ViewpointResult(
         split=split, dataset=data.describe(), dataset_name=data.dataset, mode=mode, dataset_checksum=data.checksum,
-        capsule_model=capsule_model, budget=budget, seeds=seeds, per_seed=per_seed, distance=distance,
-        checkpoints=checkpoints, runs=runs, extrapolation=extra_info, seconds=time.perf_counter() - start,
+        capsule_model=capsule_model, budget=budget, seeds=seeds, per_seed=per_seed,
+        distance=pd.concat(distance_rows, ignore_index=True),
+        trajectory=pd.concat(trajectory_rows, ignore_index=True),
+        differences=_differences(per_seed, trajectories, scoring, capsule_model),
+        checkpoints=checkpoints, runs=runs, lightings=lightings, extrapolation=extra_info,
+        seconds=time.perf_counter() - start,
     )
 
 
-def _match_on_test(steps: list[int], step_path: dict[int, Path], test: ViewTestSet, target: float,
-                   data: PreparedData) -> dict[str, Any]:
-    """The paper's protocol: familiar *test* error of each capsule checkpoint in training order, up to
-    the first that reaches ``target`` (later ones cannot change the choice), then the matching rule."""
-    familiar_images, familiar_labels = test.images[torch.as_tensor(test.familiar)], test.labels[test.familiar]
-    seen = []
-    for step in steps:
-        predictions = predict_classes(load_model(step_path[step], data)[0], familiar_images)
-        seen.append({"step": step, "familiar_error": error_fraction(predictions, familiar_labels)})
-        if seen[-1]["familiar_error"] <= target:
-            break
-    return select_matched_checkpoint(pd.DataFrame(seen), target)
+def _score_run(model: str, run_dir: Path, scoring: _Scoring, progress: bool,
+               log: Callable[[str], None]) -> _Trajectory:
+    """Every kept checkpoint of the run in ``run_dir`` (one per evaluation in metrics.jsonl), scored on the test set."""
+    from tqdm import tqdm
+
+    metrics = load_metrics(run_dir)
+    steps = [int(s) for s in metrics["step"]]
+    paths = [run_dir / "checkpoints" / f"step-{s}.pt" for s in steps]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise CheckpointError(f"{missing[0]}: missing; the run was not trained with keep_checkpoints -- "
+                              "choose another --out to train it again")
+    log(f"scoring {len(paths)} kept checkpoints of {run_dir} on {len(scoring.test.labels)} test images")
+    predictions, trained_steps = [], 0
+    for path in tqdm(paths, desc=f"score {run_dir.name}", unit="ckpt", disable=not progress, dynamic_ncols=True):
+        network, checkpoint = load_model(path, scoring.data)
+        predictions.append(predict_classes(network, scoring.test.images))
+        trained_steps = int(checkpoint["total_steps"])
+    stacked = np.stack(predictions)
+    return _Trajectory(model, steps, paths, metrics["validation_error"].to_numpy(dtype=float), stacked,
+                       stacked != scoring.test.labels[None, :], trained_steps)
+
+
+def _trajectory_table(seed: int, trajectory: _Trajectory, scoring: _Scoring) -> pd.DataFrame:
+    """One row per kept checkpoint: path, SHA-256, validation error, familiar and novel test error
+    (all test images) and the familiar error on the test-familiar protocol's matching half."""
+    familiar = scoring.test.familiar
+    return pd.DataFrame({
+        "seed": seed, "model": trajectory.model, "step": trajectory.steps,
+        "checkpoint": [str(p.relative_to(scoring.out)) for p in trajectory.paths],
+        "sha256": [file_sha256(p) for p in trajectory.paths],
+        "validation_error": trajectory.validation_error,
+        "familiar_error": trajectory.wrong[:, familiar].mean(axis=1) if familiar.any() else np.nan,
+        "novel_error": trajectory.wrong[:, ~familiar].mean(axis=1) if (~familiar).any() else np.nan,
+        "matching_error": scoring.matching_errors(trajectory, PAPER),
+    })
+
+
+def _match_seed(seed: int, protocol: str, trajectories: dict[str, _Trajectory],
+                scoring: _Scoring) -> tuple[list[dict[str, Any]], list[pd.DataFrame], list[dict[str, Any]]]:
+    """Match the two models of one seed under ``protocol`` (:func:`select_two_way`) and score the
+    pair on the protocol's reporting set: (per-seed rows, distance tables, checkpoints used)."""
+    test, extra = scoring.test, scoring.extra
+    choice = select_two_way({
+        model: pd.DataFrame({"step": t.steps, "familiar_error": scoring.matching_errors(t, protocol)})
+        for model, t in trajectories.items()})
+    reported = scoring.reported(protocol)
+    rows, distance, checkpoints = [], [], []
+    for model, trajectory in trajectories.items():
+        pick = choice["picks"][model]
+        k = trajectory.steps.index(pick["step"])
+        path, wrong = trajectory.paths[k], trajectory.wrong[k]
+        extra_error = float("nan")
+        views = [("test", trajectory.predictions[k][reported], test.labels[reported], test.distances[reported])]
+        if extra is not None:
+            extra_predictions = predict_classes(load_model(path, scoring.data)[0], extra.images)
+            extra_error = _mean_or_nan(extra_predictions != extra.labels)
+            views.append(("extrapolation", extra_predictions, extra.labels, extra.distances))
+        rows.append({
+            "seed": seed, "protocol": protocol, "model": model, "role": pick["role"],
+            "checkpoint": str(path.relative_to(scoring.out)), "step": pick["step"],
+            "trained_steps": trajectory.trained_steps, "smoothed_best": pick["smoothed_best"],
+            "matching_target": choice["target"], "matching_error": pick["familiar_error"], "gap": choice["gap"],
+            "matched": choice["matched"],
+            "familiar_error": _mean_or_nan(wrong[reported & test.familiar]),
+            "novel_error": _mean_or_nan(wrong[reported & ~test.familiar]),
+            "extrapolation_error": extra_error,
+        })
+        for name, predictions, labels, distances in views:
+            binned = error_by_distance(predictions, labels, distances, BIN_WIDTH[scoring.split])
+            for position, (column, value) in enumerate((("seed", seed), ("protocol", protocol), ("model", model),
+                                                        ("views", name))):
+                binned.insert(position, column, value)
+            distance.append(binned)
+        what = "the weaker on familiar views: its smoothed best sets the target" if pick["role"] == "target" else \
+            "the stronger: its checkpoint nearest the target"
+        checkpoints.append({"role": f"{model} ({protocol}; {what})", "seed": seed, "path": str(path),
+                            "step": pick["step"], "sha256": file_sha256(path)})
+    return rows, distance, checkpoints
+
+
+def _mean_or_nan(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def _differences(per_seed: pd.DataFrame, trajectories: dict[int, dict[str, _Trajectory]], scoring: _Scoring,
+                 capsule_model: str) -> pd.DataFrame:
+    """Capsules − CNN novel error, mean over seeds, with 95 % intervals from one set of toy resamples:
+    at each protocol's matched pair (on its reporting set), and along the curves at common familiar
+    levels (all test images). Columns: comparison (``matched`` | ``curve``), protocol,
+    familiar_level, capsules_novel_error, cnn_novel_error, difference, ci_low, ci_high, se,
+    detectable, better (``capsules`` | ``cnn`` | ``neither``), n_seeds, draws."""
+    test, codes, n_toys = scoring.test, scoring.codes, len(scoring.classes)
+    weights = toy_bootstrap_weights(scoring.classes, BOOTSTRAP_DRAWS)
+    seeds = list(trajectories)
+    rows = []
+    for protocol in PROTOCOLS:
+        novel = ~test.familiar & scoring.reported(protocol)
+        pairs = {model: [] for model in (capsule_model, CNN)}
+        for seed in seeds:
+            for model in pairs:
+                row = per_seed[(per_seed["seed"] == seed) & (per_seed["protocol"] == protocol)
+                               & (per_seed["model"] == model)].iloc[0]
+                trajectory = trajectories[seed][model]
+                wrong = trajectory.wrong[trajectory.steps.index(int(row["step"]))]
+                pairs[model].append(per_toy_counts(wrong, codes, n_toys, novel))
+        rows.append({"comparison": "matched", "protocol": protocol, "familiar_level": float("nan"),
+                     **matched_difference(pairs[capsule_model], pairs[CNN], weights)})
+    curves = {model: [] for model in (capsule_model, CNN)}
+    familiar_curves = []
+    for seed in seeds:
+        for model in curves:
+            wrong = trajectories[seed][model].wrong
+            curves[model].append((*per_toy_counts(wrong, codes, n_toys, test.familiar),
+                                  *per_toy_counts(wrong, codes, n_toys, ~test.familiar)))
+            familiar_curves.append(wrong[:, test.familiar].mean(axis=1))
+    levels = common_levels(familiar_curves, FAMILIAR_LEVELS)
+    if len(levels):
+        rows += [{"comparison": "curve", "protocol": "all test images", **level}
+                 for level in curve_difference(curves[capsule_model], curves[CNN], levels, weights)]
+    table = pd.DataFrame(rows).rename(columns={"first_error": "capsules_novel_error",
+                                               "second_error": "cnn_novel_error"})
+    table["better"] = table["better"].map({"first": "capsules", "second": "cnn", "neither": "neither"})
+    table["n_seeds"], table["draws"] = len(seeds), BOOTSTRAP_DRAWS
+    columns = ["comparison", "protocol", "familiar_level", "capsules_novel_error", "cnn_novel_error", "difference",
+               "ci_low", "ci_high", "se", "detectable", "better", "n_seeds", "draws"]
+    return table[columns]
 
 
 def _prepare_extrapolation(split: str, data_dir: str | os.PathLike[str] | None, mode: str, budget: ViewpointBudget,
