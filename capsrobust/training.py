@@ -378,7 +378,7 @@ def train(
         save_checkpoint(path, _checkpoint_payload(model, optimizer, config, data, step, steps, best, model_config,
                                                   clock.train_seconds, average, resumable))
 
-    from tqdm import tqdm
+    from capsrobust.progress import progress_bar
 
     # Data parallel: gradients are averaged across processes; `model` stays the plain module for
     # evaluation and state_dict, so checkpoints are the same whatever the process count.
@@ -386,8 +386,8 @@ def train(
     if dist.world_size > 1:
         parallel_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    bar = tqdm(total=steps, initial=start, disable=not (progress and dist.is_main), unit="step", dynamic_ncols=True,
-               desc=f"{config.model} {data.describe()}")
+    bar = progress_bar(steps, f"{config.model} {data.describe()}", unit="step", enabled=progress and dist.is_main,
+                       every=steps_per_epoch, initial=start)
     window_loss, window_wrong, window_seen, window_time = 0.0, 0, 0, 0.0
     record: dict[str, Any] = {}
     model.train()

@@ -138,10 +138,10 @@ def attack(attack_list: str, eps_text: str, targeted: bool, models_text: str | N
     click.echo(f"{setup.dataset}: {len(setup.labels)} test images; models: "
                + ", ".join(f"{c.name} ({c.path}, step {c.step})" for c in setup.checkpoints), err=True)
 
-    from tqdm import tqdm
+    from capsrobust.progress import progress_bar
 
-    with tqdm(total=sweep_cells(setup.models, config), desc="attack cells", unit="cell",
-              disable=True if no_progress else None) as bar:
+    with progress_bar(sweep_cells(setup.models, config), "attack cells", unit="cell", enabled=not no_progress,
+                      every=1) as bar:
         def progress(row: dict) -> None:
             bar.set_postfix_str(f"{row['model']} {row['attack']} eps={row['eps']:g} {row['mode']}")
             bar.update(1)

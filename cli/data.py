@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import pandas as pd
@@ -158,14 +159,14 @@ def download(data_dir: Path, url: str, timeout: float) -> None:
       capsrobust data download --dir ~/smallnorb
       capsrobust data download --dir ./norb --url http://mirror.example/norb/
     """
-    from tqdm import tqdm
+    from capsrobust.progress import progress_bar
 
-    bars: dict[str, tqdm] = {}
+    bars: dict[str, Any] = {}
 
     def progress(name: str, done: int, total: int | None) -> None:
         bar = bars.get(name)
-        if bar is None:
-            bar = bars[name] = tqdm(total=total, initial=0, unit="B", unit_scale=True, desc=name, leave=True)
+        if bar is None:  # on a terminal a bar per file; in a log one line when the file is complete
+            bar = bars[name] = progress_bar(total, name, unit="B", unit_scale=True, leave=True)
         bar.update(done - bar.n)
 
     try:

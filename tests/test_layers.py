@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"capsrobust": ROOT / "capsrobust", "capsrobust_cli": ROOT / "cli"}
 
 #: Bottom to top. "shared" holds leaf utilities every layer may use (errors, paths, atomic files,
-#: provenance records, malloc settings, the paper's published numbers); they import no other layer.
+#: provenance records, malloc settings, the paper's published numbers, progress output); they import
+#: no other layer.
 LAYERS = ("shared", "data", "models", "training", "evaluation", "experiments", "reporting", "cli")
 
 #: Module (or package prefix) -> layer; the longest matching prefix wins. A new module must be
@@ -33,6 +34,7 @@ LAYER_OF = {
     "capsrobust.runtime": "shared",
     "capsrobust.provenance": "shared",
     "capsrobust.reference": "shared",
+    "capsrobust.progress": "shared",
     "capsrobust.data": "data",
     "capsrobust.models": "models",
     "capsrobust.losses": "training",

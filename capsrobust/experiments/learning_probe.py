@@ -172,9 +172,9 @@ def probe_subset(variants: list[Variant], data: PreparedData, *, n: int = 512, s
     if n < 1 or steps < 1 or check_every < 1:
         raise ConfigError("--n, --steps and --check-every must be at least 1")
     images, labels = _fixed_subset(data, n, seed)
-    from tqdm import tqdm
+    from capsrobust.progress import progress_bar
 
-    bar = tqdm(total=steps * len(variants), disable=not progress, unit="step", desc="learning probe")
+    bar = progress_bar(steps * len(variants), "learning probe", unit="step", enabled=progress, every=steps)
     curves = []
     for variant in variants:
         bar.set_postfix_str(variant.label)

@@ -371,9 +371,9 @@ class _Context:
 
 
 def _bar(context: _Context, stage: str, total: int) -> Any:
-    from tqdm import tqdm
+    from capsrobust.progress import progress_bar
 
-    return tqdm(total=total, desc=stage, unit="task", disable=not context.progress, dynamic_ncols=True, leave=True)
+    return progress_bar(total, stage, unit="task", enabled=context.progress, every=1, leave=True)
 
 
 def _stage_train(context: _Context, seed: int, stage: str) -> dict[str, Any]:

@@ -77,10 +77,9 @@ def render_dataset(
     grid = make_grid(azimuths, elevations, lightings)
     if not progress:
         return write_dataset(out_dir, grid, seed=seed)
-    from tqdm import tqdm
+    from capsrobust.progress import progress_bar
 
-    with tqdm(total=2 * grid.pairs_per_split, unit="pair", desc="synthnorb", file=sys.stderr,
-              dynamic_ncols=True) as bar:
+    with progress_bar(2 * grid.pairs_per_split, "synthnorb", unit="pair", every=grid.pairs_per_split) as bar:
         return write_dataset(out_dir, grid, seed=seed, on_pairs=bar.update)
 
 
