@@ -346,7 +346,8 @@ def test_viewpoint_stage_keeps_every_checkpoint_of_both_models_and_matches_both_
     assert f"[{100 * validation['ci_low']:+.1f}, {100 * validation['ci_high']:+.1f}]" in answer["line"]
 
 
-def _viewpoint_line(first_run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, **changes: object) -> tuple[str, bool]:
+def _viewpoint_line(first_run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch,
+                    **changes: object) -> tuple[str, bool]:
     """The azimuth answer of the first run with the validation pair's verdict or matching changed."""
     from types import SimpleNamespace
 
