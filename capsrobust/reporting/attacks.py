@@ -33,7 +33,7 @@ class _Parts:
 
     intro: str
     sections: list[tuple[str, str]]  # (heading, markdown body): the adversarial error (and targeted success)
-    summary: str  # "N PASS, N FAIL, N SKIP" over the checks below the verdicts
+    summary: str  # "N PASS, N WARN, N FAIL, N SKIP" over the checks below the verdicts
     verdict_lines: str  # one markdown bullet per model
 
 
@@ -50,6 +50,9 @@ def _parts(table: pd.DataFrame, checks: pd.DataFrame, setup: AttackSetup, config
     if "vote" in names:
         notes += (" vote: PGD on the class activations of one EM M-step over the class votes (uniform "
                   "assignments, routing bypassed), capsule nets only; success judged by the real model.")
+    if "noise" in names:
+        notes += (" noise: uniform random noise in the eps-ball, the given number of draws per image (an image "
+                  "counts as broken if any draw broke it): the baseline every attack must beat.")
     if "autoattack" in names:
         notes += (" autoattack: torchattacks' standard version (APGD-CE, APGD-T, FAB-T, Square), on the same "
                   "scores as the other attacks.")
@@ -60,7 +63,7 @@ def _parts(table: pd.DataFrame, checks: pd.DataFrame, setup: AttackSetup, config
              f"Targeted success averages the 4 wrong classes.{notes}")
     is_verdict = checks.check == "verdict"
     status = checks[~is_verdict].status.value_counts()
-    summary = ", ".join(f"{status.get(s, 0)} {s}" for s in ("PASS", "FAIL", "SKIP"))
+    summary = ", ".join(f"{status.get(s, 0)} {s}" for s in ("PASS", "WARN", "FAIL", "SKIP"))
     verdict_lines = "\n".join(f"- **{r.model}: {r.status}** -- {r.detail}"
                               for r in checks[is_verdict].itertuples(index=False))
     return _Parts(intro, sections, summary, verdict_lines)
