@@ -281,19 +281,21 @@ def test_keep_checkpoints_saves_an_evaluation_only_checkpoint_at_every_evaluatio
 
 def test_cli_writes_table2_for_both_models_and_protocols(first_run: tuple[Path, str]) -> None:
     out, output = first_run
-    for name in ("table2.md", "table2.csv", "per_seed.csv", "distance.csv", "distance.md", "error_vs_distance.png",
-                 "provenance.json"):
+    for name in ("table2.md", "table2.csv", "per_seed.csv", "pairs.csv", "differences.csv", "trajectory.csv",
+                 "distance.csv", "distance.md", "novel_vs_familiar.png", "error_vs_distance.png", "provenance.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert (out / "error_vs_distance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for figure in ("error_vs_distance.png", "novel_vs_familiar.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     per_seed = pd.read_csv(out / "per_seed.csv")
     assert sorted(zip(per_seed["protocol"], per_seed["model"])) == sorted(
         (p, m) for p in (VALIDATION, PAPER) for m in ("cnn", "capsules-small"))
     assert set(per_seed["dataset"]) == {"smallNORB"} and set(per_seed["mode"]) == {"stereo"}
     assert per_seed[["familiar_error", "novel_error"]].notna().all().all()
-    caps = per_seed[per_seed["model"] == "capsules-small"]
-    assert all((out / path).is_file() for path in caps["checkpoint"])  # chosen among the kept step files
-    assert set(caps["step"]) <= {2, 4}
+    # Both models are chosen among their kept step files, one as the target and one matched to it.
+    assert all((out / path).is_file() and "/checkpoints/step-" in path for path in per_seed["checkpoint"])
+    assert set(per_seed["step"]) <= {2, 4}
+    assert all(sorted(roles) == ["matched", "target"] for _, roles in per_seed.groupby("protocol")["role"])
 
     table2 = pd.read_csv(out / "table2.csv")
     assert set(table2["protocol"]) == {VALIDATION, PAPER}
@@ -317,6 +319,50 @@ def test_cli_writes_table2_for_both_models_and_protocols(first_run: tuple[Path, 
     assert record["budget"]["cnn_steps"] == 4
     assert {c["sha256"] for c in record["checkpoints"]} and all(len(c["sha256"]) == 64 for c in record["checkpoints"])
     assert "viewpoint-split azimuth" in record["command"]
+
+
+def test_both_models_keep_and_score_every_evaluation_checkpoint(first_run: tuple[Path, str]) -> None:
+    out, _ = first_run
+    for model in ("cnn", "capsules-small"):
+        kept = sorted(p.name for p in (out / "runs" / f"{model}-seed0" / "checkpoints").iterdir())
+        assert kept == ["step-2.pt", "step-4.pt"], model
+        assert load_checkpoint(out / "runs" / f"{model}-seed0" / "checkpoints" / "step-2.pt")["resumable"] is False
+    trajectory = pd.read_csv(out / "trajectory.csv")
+    assert sorted(zip(trajectory["model"], trajectory["step"])) == [
+        ("capsules-small", 2), ("capsules-small", 4), ("cnn", 2), ("cnn", 4)]
+    assert trajectory["sha256"].str.len().eq(64).all()
+    assert trajectory[["validation_error", "familiar_error", "novel_error", "matching_error"]].notna().all().all()
+
+
+def test_the_paper_protocol_matches_on_one_half_of_the_lightings_and_reports_on_the_other(
+        first_run: tuple[Path, str]) -> None:
+    out, _ = first_run
+    per_seed, trajectory = pd.read_csv(out / "per_seed.csv"), pd.read_csv(out / "trajectory.csv")
+    distance = pd.read_csv(out / "distance.csv")
+    # The tiny test set has lightings 0 and 3, 400 images: matched on lighting 0, reported on the 200 of lighting 3.
+    assert json.loads((out / "provenance.json").read_text())["lightings"] == {"match": [0], "report": [3]}
+    counted = distance[distance["views"] == "test"].groupby("protocol")["n"].sum() / 2  # two models
+    assert counted.to_dict() == {PAPER: 200, VALIDATION: 400}
+    for row in per_seed[per_seed["protocol"] == PAPER].itertuples():
+        kept = trajectory[(trajectory["model"] == row.model) & (trajectory["step"] == row.step)].iloc[0]
+        assert row.matching_error == pytest.approx(kept["matching_error"])  # familiar error on lighting 0
+    for row in per_seed[per_seed["protocol"] == VALIDATION].itertuples():
+        kept = trajectory[(trajectory["model"] == row.model) & (trajectory["step"] == row.step)].iloc[0]
+        assert row.matching_error == pytest.approx(kept["validation_error"])
+        assert row.familiar_error == pytest.approx(kept["familiar_error"])  # reported on every test image
+
+
+def test_default_budgets_keep_30_to_60_checkpoints_per_run_of_either_model() -> None:
+    from capsrobust.training import total_steps
+
+    for name, n_train in (("full", 6480), ("full", 3240), ("quick", 6480)):  # azimuth / elevation training sets
+        budget = get_budget(name)
+        for model in ("cnn", "capsules-small"):
+            config = budget.train_config(model, split="azimuth", data_dir=None, mode="stereo", seed=0, n_train=n_train)
+            steps = total_steps(config, n_train)
+            evaluations = len(range(config.eval_every, steps + 1, config.eval_every)) + bool(steps % config.eval_every)
+            assert config.keep_checkpoints and 30 <= evaluations <= 60, (name, model, evaluations)
+    assert get_budget("full").with_overrides(eval_every=7).eval_every_for(1000) == 7
 
 
 def test_rerun_with_reuse_does_not_retrain(first_run: tuple[Path, str], data_dir: Path) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -73,7 +72,7 @@ class ViewpointBudget:
     capsule_steps: int | None = None
     capsule_epochs: float | None = None
     batch_size: int = 32
-    eval_every: int = 0  # 0: both models every ceil(steps / checkpoints_per_run) steps
+    eval_every: int = 0  # 0: both models every steps // checkpoints_per_run steps
     checkpoints_per_run: int = 40  # evaluations per run, each keeping an evaluation-only checkpoint (protocol: 30-60)
     max_eval_examples: int = 0  # 0: whole validation sets
     capsule_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"iterations": 2}
@@ -126,8 +125,9 @@ class ViewpointBudget:
 
     def eval_every_for(self, steps: int) -> int:
         """Steps between evaluations (each keeps a checkpoint) of a run of ``steps`` steps: the budget's
-        ``eval_every``, or automatic: at most ``checkpoints_per_run`` evaluations, evenly spread."""
-        return self.eval_every or max(1, math.ceil(steps / max(1, self.checkpoints_per_run)))
+        ``eval_every``, or automatic: evenly spread, at least ``checkpoints_per_run`` of them (when the run
+        is that long) and, from 3x that many steps on, at most 1.5x (40 -> 40-60)."""
+        return self.eval_every or max(1, steps // max(1, self.checkpoints_per_run))
 
     def train_config(self, model: str, *, split: str, data_dir: str | None, mode: str, seed: int,
                      n_train: int) -> Any:
