@@ -27,9 +27,9 @@ from capsrobust.evaluation.viewpoint import BIN_WIDTH, MATCH_TOLERANCE, VALIDATI
 from capsrobust.reference import PAPER_FIG3, PAPER_TEST_ERROR, SOURCE
 from capsrobust.reporting import atomic_write_text, write_json
 from capsrobust.reporting.document import Document
-from capsrobust.reporting.viewpoint import (PAPER_TABLE2_HEADING, differences_shown, distance_shown, matching_note,
-                                            pairs_shown, paper_table2_shown, pct, plot_error_vs_distance,
-                                            plot_novel_vs_familiar, table2_shown)
+from capsrobust.reporting.viewpoint import (DISTANCE_IMAGES_NOTE, PAPER_TABLE2_HEADING, differences_shown,
+                                            distance_shown, matching_note, pairs_shown, paper_table2_shown, pct,
+                                            plot_error_vs_distance, plot_novel_vs_familiar, table2_shown)
 
 if TYPE_CHECKING:
     from capsrobust.experiments.study import StudyResult
@@ -424,7 +424,7 @@ def _viewpoint_section(doc: Document, result: "StudyResult", figures: Path) -> N
                                       title=f"Test error vs {split} distance — {viewpoint.dataset}")
         doc.figure(path, f"Test error against angular distance to the nearest familiar {split} ({viewpoint.dataset})")
         doc.paragraph(f"Test error (%) of the matched checkpoints per bin of {BIN_WIDTH[split]}° of distance to the "
-                      f"nearest familiar {split}, mean ± std over seeds; images per seed and bin.")
+                      f"nearest familiar {split}, mean ± std over seeds; {DISTANCE_IMAGES_NOTE}")
         doc.table(distance_shown(viewpoint))
         doc.heading(PAPER_TABLE2_HEADING, 4)
         doc.table(paper_table2_shown(split))

@@ -26,9 +26,10 @@ from capsrobust.reference import SOURCE
 if TYPE_CHECKING:
     from capsrobust.experiments.viewpoint import ViewpointResult
 
-__all__ = ["PAPER_TABLE2_HEADING", "differences_shown", "distance_markdown", "distance_shown", "matching_note",
-           "pairs_shown", "paper_table2_markdown", "paper_table2_shown", "pct", "plot_error_vs_distance",
-           "plot_novel_vs_familiar", "table2_csv", "table2_markdown", "table2_shown", "write_report"]
+__all__ = ["DISTANCE_IMAGES_NOTE", "PAPER_TABLE2_HEADING", "differences_shown", "distance_markdown", "distance_shown",
+           "matching_note", "pairs_shown", "paper_table2_markdown", "paper_table2_shown", "pct",
+           "plot_error_vs_distance", "plot_novel_vs_familiar", "table2_csv", "table2_markdown", "table2_shown",
+           "write_report"]
 
 
 def plot_error_vs_distance(distance: pd.DataFrame, path: str | os.PathLike[str], *, title: str,
@@ -261,6 +262,11 @@ def _labelled(table: pd.DataFrame, result: "ViewpointResult") -> pd.DataFrame:
     return table
 
 
+#: What the ``images`` column of :func:`distance_shown` counts.
+DISTANCE_IMAGES_NOTE = (f"images per seed and bin as the `{VALIDATION}` columns score them; the `{PAPER}` columns "
+                        "score only the reporting half of the lightings.")
+
+
 def distance_shown(result: "ViewpointResult") -> pd.DataFrame:
     """Error (%) per distance bin as shown: views, distance (deg), images, one column per model (the
     capsule net once per matching protocol), mean ± std over seeds."""
@@ -283,7 +289,7 @@ def distance_markdown(result: "ViewpointResult") -> str:
     wide = distance_shown(result)
     axis = result.split
     return (f"# Test error vs angular distance to the nearest familiar {axis} — {result.dataset}\n\n"
-            f"Bins of {BIN_WIDTH[axis]}°; error % as mean ± std over seeds; images per seed and bin. "
+            f"Bins of {BIN_WIDTH[axis]}°; error % as mean ± std over seeds; {DISTANCE_IMAGES_NOTE} "
             "views `test`: the dataset's test set; `extrapolation`: views outside smallNORB's grid.\n\n"
             f"{to_markdown(wide)}\n")
 
