@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from capsrobust.data.prepared import PreparedData, prepare_data
+from capsrobust.data.splits import get_split
 from capsrobust.errors import CheckpointError, ConfigError, DataError
 from capsrobust.evaluation.learning_curves import load_metrics
 from capsrobust.evaluation.viewpoint import (BIN_WIDTH, BOOTSTRAP_DRAWS, FAMILIAR_LEVELS, PAPER, PROTOCOLS,
@@ -50,6 +51,7 @@ from capsrobust.evaluation.viewpoint import (BIN_WIDTH, BOOTSTRAP_DRAWS, FAMILIA
                                              toy_bootstrap_weights, toy_index, viewpoint_split)
 from capsrobust.experiments.runs import load_model, train_or_reuse
 from capsrobust.models import MODEL_NAMES, is_capsule_model
+from capsrobust.progress import progress_bar
 from capsrobust.provenance import file_sha256
 
 __all__ = ["BUDGETS", "CNN", "ViewpointBudget", "ViewpointResult", "ensure_extrapolation_set", "extrapolation_grid",
@@ -295,6 +297,23 @@ class _Scoring:
     classes: np.ndarray  # (T,) class of each test toy
     match: np.ndarray  # (N,) in the matching half of the lightings (test-familiar protocol)
     report: np.ndarray  # (N,) in the reporting half
+    lightings: dict[str, list[int]]  # the lightings of each half: {"match": [...], "report": [...]}
+
+    @classmethod
+    def build(cls, split: str, out: Path, data: PreparedData, budget: ViewpointBudget,
+              extra: ViewTestSet | None) -> "_Scoring":
+        """The split's test set (subsampled as the budget says), its toys and lighting halves; ``extra``:
+        the extrapolation views (subsampled here). A test set of one lighting is refused (before training)."""
+        meta = data.meta["testing"]
+        test = ViewTestSet(data.images["testing"], data.labels["testing"].numpy(),
+                           angular_distance_to_familiar(meta, split).to_numpy(), get_split(split).is_familiar(meta),
+                           meta["instance"].to_numpy(), meta["lighting"].to_numpy())
+        test = test.subsample(budget.max_test_examples)
+        if extra is not None:
+            extra = extra.subsample(budget.max_extrapolation_examples)
+        codes, classes = toy_index(test.labels, test.instances)
+        lightings = dict(zip(("match", "report"), (h.tolist() for h in lighting_halves(test.lightings))))
+        return cls(split, out, data, test, extra, codes, classes, *test.halves(), lightings)
 
     def matching_errors(self, trajectory: _Trajectory, protocol: str) -> np.ndarray:
         """Familiar error ``(K,)`` of each kept checkpoint on the protocol's matching set."""
@@ -342,7 +361,7 @@ def viewpoint_experiment(
         extrapolation_error (errors as fractions).
     """
     start = time.perf_counter()
-    protocol = viewpoint_split(split)
+    viewpoint_split(split)
     budget = get_budget(budget) if isinstance(budget, str) else budget
     if mode not in ("stereo", "mono"):
         raise ConfigError(f"unknown input mode {mode!r}; choose stereo or mono")
@@ -362,16 +381,7 @@ def viewpoint_experiment(
                               "pass --no-extrapolation or omit --data-dir")
         extra_set, extra_info = _prepare_extrapolation(split, data_dir, mode, budget, extrapolation_dir, progress, log)
 
-    meta = data.meta["testing"]
-    test = ViewTestSet(data.images["testing"], data.labels["testing"].numpy(),
-                       angular_distance_to_familiar(meta, split).to_numpy(), protocol.is_familiar(meta),
-                       meta["instance"].to_numpy(), meta["lighting"].to_numpy())
-    test = test.subsample(budget.max_test_examples)
-    if extra_set is not None:
-        extra_set = extra_set.subsample(budget.max_extrapolation_examples)
-    codes, classes = toy_index(test.labels, test.instances)
-    scoring = _Scoring(split, Path(out_dir), data, test, extra_set, codes, classes, *test.halves())
-    lightings = dict(zip(("match", "report"), (h.tolist() for h in lighting_halves(test.lightings))))
+    scoring = _Scoring.build(split, Path(out_dir), data, budget, extra_set)
     n_train = len(data.indices.train)
     data_dir_text = str(data_dir) if data_dir is not None else None
     rows, distance_rows, trajectory_rows, checkpoints, runs = [], [], [], [], []
@@ -400,7 +410,7 @@ def viewpoint_experiment(
         distance=pd.concat(distance_rows, ignore_index=True),
         trajectory=pd.concat(trajectory_rows, ignore_index=True),
         differences=_differences(per_seed, trajectories, scoring, capsule_model),
-        checkpoints=checkpoints, runs=runs, lightings=lightings, extrapolation=extra_info,
+        checkpoints=checkpoints, runs=runs, lightings=scoring.lightings, extrapolation=extra_info,
         seconds=time.perf_counter() - start,
     )
 
@@ -408,8 +418,6 @@ def viewpoint_experiment(
 def _score_run(model: str, run_dir: Path, scoring: _Scoring, progress: bool,
                log: Callable[[str], None]) -> _Trajectory:
     """Every kept checkpoint of the run in ``run_dir`` (one per evaluation in metrics.jsonl), scored on the test set."""
-    from tqdm import tqdm
-
     metrics = load_metrics(run_dir)
     steps = [int(s) for s in metrics["step"]]
     paths = [run_dir / "checkpoints" / f"step-{s}.pt" for s in steps]
@@ -419,10 +427,12 @@ def _score_run(model: str, run_dir: Path, scoring: _Scoring, progress: bool,
                               "choose another --out to train it again")
     log(f"scoring {len(paths)} kept checkpoints of {run_dir} on {len(scoring.test.labels)} test images")
     predictions, trained_steps = [], 0
-    for path in tqdm(paths, desc=f"score {run_dir.name}", unit="ckpt", disable=not progress, dynamic_ncols=True):
-        network, checkpoint = load_model(path, scoring.data)
-        predictions.append(predict_classes(network, scoring.test.images))
-        trained_steps = int(checkpoint["total_steps"])
+    with progress_bar(len(paths), f"score {run_dir.name}", unit="checkpoint", enabled=progress, every=10) as bar:
+        for path in paths:
+            network, checkpoint = load_model(path, scoring.data)
+            predictions.append(predict_classes(network, scoring.test.images))
+            trained_steps = int(checkpoint["total_steps"])
+            bar.update(1)
     stacked = np.stack(predictions)
     return _Trajectory(model, steps, paths, metrics["validation_error"].to_numpy(dtype=float), stacked,
                        stacked != scoring.test.labels[None, :], trained_steps)
