@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from capsrobust.models.routing import IMAGES_PER_CHUNK, em_routing, em_routing_from_poses, inverse_temperatures
+from capsrobust.models.routing import em_routing, em_routing_from_poses, images_per_chunk_for, inverse_temperatures
 
 RoutingFn = Callable[..., tuple[Tensor, Tensor]]
 
@@ -216,7 +216,8 @@ class ConvCaps(nn.Module):
         """Another ``routing`` (e.g. the straightforward one the benchmark compares): build the votes
         (N, L, O, I, 16) and route them, a few images at a time so the temporaries stay bounded."""
         outs = []
-        for p, a in zip(patches.split(IMAGES_PER_CHUNK), patch_acts.split(IMAGES_PER_CHUNK)):
+        step = images_per_chunk_for(patches.shape[1] * self.out_types * patches.shape[2] * 16, patches.element_size())
+        for p, a in zip(patches.split(step), patch_acts.split(step)):
             votes = torch.einsum("nlirk,iokc->nloirc", p, self.weight)
             votes = votes.reshape(p.shape[0], p.shape[1], self.out_types, p.shape[2], 16)
             outs.append(self.routing(votes, a, beta_u, beta_a, self.iterations, **options))

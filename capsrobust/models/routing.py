@@ -48,8 +48,23 @@ OFFICIAL_FINAL_LAMBDA = 0.01
 VARIANCE_FLOOR = 5e-4
 #: Guards sum_i R_ij when every child of a parent is inactive (a_i = 0).
 _MIN_MASS = 1e-10
-#: Images routed together: [V, V^2] of 8 ConvCaps1 images of the 310K net is ~340 MB.
-IMAGES_PER_CHUNK = 8
+#: Stored votes are routed a chunk of images at a time so that [V, V^2] stays under this many
+#: bytes: 8 ConvCaps1 images of the 310K net (~340 MB), a whole batch of class-layer votes (~5 MB at
+#: batch 32), where chunking would only multiply the small operations.
+STORED_VOTES_BYTES = 384 * 2**20
+#: ``images_per_chunk`` default: as many images as fit :data:`STORED_VOTES_BYTES`.
+AUTO_CHUNK = 0
+
+
+def images_per_chunk_for(per_image_votes: int, itemsize: int, chunk: int | None = AUTO_CHUNK) -> int | None:
+    """Images routed together when one image has ``per_image_votes`` vote entries (L O I 16).
+
+    ``chunk`` as given, except :data:`AUTO_CHUNK`: the most images whose [V, V^2] fit
+    :data:`STORED_VOTES_BYTES` (at least one). ``None``: all at once.
+    """
+    if chunk != AUTO_CHUNK:
+        return chunk
+    return max(1, STORED_VOTES_BYTES // (2 * per_image_votes * itemsize))
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -84,26 +99,31 @@ def uniform_log_assignments(
     return (-counts.log())[flat].view(1, length, 1, slots)
 
 
-def _log_normalise(logits: Tensor, child_index: Tensor | None, num_children: int) -> Tensor:
-    """log R from unnormalised log-assignments: logits (N, L, O, I) -> (N, L, O, I).
+def _assignment_factor(top: Tensor, total: Tensor, activations: Tensor, child_index: Tensor | None,
+                       num_children: int) -> Tensor:
+    """The per-child factor f (N, L, I) with which the next M-step's weights R_ij a_i = e_ij f_i.
 
-    Per patch: log-softmax over the O types. Official ("parents compete"): over every
-    (position, type) parent of the child, a log-sum-exp gathered per child with index_add.
+    The E-step left z_ij as e = exp(z - top) and total = sum over the patch's O types of e, both
+    per (image, patch, slot) (N, L, I). R_ij = exp(z_ij) / Z_i with Z_i the normaliser over every
+    parent of child i: per patch (``child_index`` None) Z = exp(top) total; official ("parents
+    compete"), Z sums exp(top) total over every patch holding the child, a log-sum-exp gathered
+    per child with index_add. So f = exp(top - log Z) a.
     """
+    per_slot = top + torch.log(total)  # (N, L, I): log sum_o exp(z); total >= 1 (its largest term is 1)
     if child_index is None:
-        return torch.log_softmax(logits, dim=2)
-    n, length, _, slots = logits.shape
-    per_slot = torch.logsumexp(logits, dim=2).reshape(n, length * slots)  # (N, L*I)
+        return torch.exp(top - per_slot) * activations
+    n, length, slots = per_slot.shape
+    flat_slots = per_slot.reshape(n, length * slots)
     flat = child_index.reshape(-1)
     with torch.no_grad():  # the shift only stabilises; the result does not depend on it
-        shift = per_slot.new_full((n, num_children), -torch.inf)
-        shift.scatter_reduce_(1, flat.expand(n, -1), per_slot, reduce="amax", include_self=True)
+        shift = flat_slots.new_full((n, num_children), -torch.inf)
+        shift.scatter_reduce_(1, flat.expand(n, -1), flat_slots, reduce="amax", include_self=True)
         shift = torch.nan_to_num(shift, neginf=0.0)
-    total = per_slot.new_zeros((n, num_children)).index_add(1, flat, torch.exp(per_slot - shift[:, flat]))
-    # Children outside every receptive field have total 0; keep log() finite there.
-    total = torch.where(total > 0, total, torch.ones_like(total))
-    per_child = shift + total.log()  # (N, C)
-    return logits - per_child[:, flat].view(n, length, 1, slots)
+    mass = flat_slots.new_zeros((n, num_children)).index_add(1, flat, torch.exp(flat_slots - shift[:, flat]))
+    # Children outside every receptive field have mass 0; keep log() finite there.
+    mass = torch.where(mass > 0, mass, torch.ones_like(mass))
+    per_child = shift + mass.log()  # (N, C)
+    return torch.exp(top - per_child[:, flat].view(n, length, slots)) * activations
 
 
 def _stack_votes(votes: Tensor) -> tuple[Tensor, Tensor]:
@@ -121,20 +141,46 @@ class StoredVotes:
 
     The centre c (per parent, the mean vote) only keeps the moment form of the variance precise
     in float32; routing is equivariant to it, so it is a constant for autograd (exactly: every
-    output is unchanged by any shift c, hence no gradient flows through it).
+    output is unchanged by any shift c, hence no gradient flows through it). The steps below are
+    the PyTorch twins of the fused kernels' (see :class:`FusedVotes`); shapes as in ``_route``.
     """
 
     def __init__(self, votes: Tensor) -> None:
         self.shape = tuple(votes.shape)
         self.stacked, self.centre = _stack_votes(votes)
 
-    def weighted_sums(self, weights: Tensor) -> Tensor:
+    def _sums(self, weights: Tensor) -> Tensor:
         """weights (N, L, O, I) -> (N, L, O, 32): sum_i w [V - c, (V - c)^2]."""
         return torch.matmul(weights.unsqueeze(3), self.stacked).squeeze(3)
 
-    def projections(self, coeff: Tensor) -> Tensor:
+    def _projections(self, coeff: Tensor) -> Tensor:
         """coeff (N, L, O, 32) -> (N, L, O, I): [V - c, (V - c)^2] . coeff."""
         return torch.matmul(self.stacked, coeff.unsqueeze(-1)).squeeze(-1)
+
+    def _weights(self, e: Tensor | None, factor: Tensor) -> Tensor:
+        weights = factor.unsqueeze(2) if e is None else e * factor.unsqueeze(2)
+        return weights.expand(self.shape[:4])
+
+    def m_step(self, e: Tensor | None, factor: Tensor) -> tuple[Tensor, Tensor]:
+        weights = self._weights(e, factor)
+        return weights.sum(dim=3), self._sums(weights)
+
+    def m_step_backward(self, e: Tensor | None, factor: Tensor, g_mass: Tensor,
+                        g_sums: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+        g_w = self._projections(g_sums) + g_mass.unsqueeze(-1)
+        g_e = None if e is None else g_w * factor.unsqueeze(2)
+        g_factor = (g_w if e is None else g_w * e).sum(dim=2)
+        return g_e, g_factor, self._weights(e, factor)
+
+    def e_step(self, coeff: Tensor, offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        z = self._projections(coeff) + offset.unsqueeze(-1)
+        top = z.amax(dim=2)
+        e = torch.exp(z - top.unsqueeze(2))
+        return e, top, e.sum(dim=2)
+
+    def e_step_backward(self, e: Tensor, g_e: Tensor, g_s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        g_z = e * (g_e + g_s.unsqueeze(2))
+        return self._sums(g_z), g_z.sum(dim=3), g_z
 
     def vote_grads(self, left: list[Tensor], right: list[Tensor]) -> tuple[Tensor]:
         """d loss / d votes from d loss / d stacked = sum_k left_k (N, L, O, I) (x) right_k (N, L, O, 32)."""
@@ -150,8 +196,9 @@ class StoredVotes:
 class FusedVotes:
     """Votes V[n, l, o, i] = M[n, l, i] W[i, o] of a convolutional capsule layer, never stored.
 
-    Each contraction recomputes V from the patches M (N, L, I, 4, 4) and transforms W (I, O, 4, 4)
-    in C (:mod:`capsrobust.models.vote_kernels`), so the passes run from cache instead of memory.
+    Each step recomputes V from the patches M (N, L, I, 4, 4) and transforms W (I, O, 4, 4) in C
+    (:mod:`capsrobust.models.vote_kernels`), together with the element-wise work around it, so
+    the passes run from cache instead of memory and no (N, L, O, I) pass is left to PyTorch.
     Float32 on the CPU only; see :func:`fused_votes_supported`.
     """
 
@@ -168,17 +215,32 @@ class FusedVotes:
         self.cc = vote_kernels.centre(self.M, weight.detach())  # (B, O, 16)
         self.centre = self.cc.view(n, length, types, 16)
 
-    def _tiles(self, tensor: Tensor) -> Tensor:
-        """(N, L, O, X) -> contiguous (B, O, X), the kernels' layout."""
-        return tensor.reshape(self.tiles, *tensor.shape[2:]).contiguous()
+    def _tiles(self, tensor: Tensor | None) -> Tensor | None:
+        """(N, L, X...) -> contiguous (B, X...), the kernels' layout."""
+        return None if tensor is None else tensor.reshape(self.tiles, *tensor.shape[2:]).contiguous()
 
-    def weighted_sums(self, weights: Tensor) -> Tensor:
-        sums = self.kernels.weighted_sums(self.M, self.Wt, self.cc, self._tiles(weights))  # (B, O, 32)
-        return sums.view(self.shape[:3] + (32,))
+    def _untile(self, tensor: Tensor | None) -> Tensor | None:
+        return None if tensor is None else tensor.view(self.shape[:2] + tuple(tensor.shape[1:]))
 
-    def projections(self, coeff: Tensor) -> Tensor:
-        proj = self.kernels.projections(self.M, self.Wt, self.cc, self._tiles(coeff))  # (B, O, I)
-        return proj.view(self.shape[:4])
+    def m_step(self, e: Tensor | None, factor: Tensor) -> tuple[Tensor, Tensor]:
+        sums, mass, _ = self.kernels.weighted_sums(self.M, self.Wt, self.cc, self._tiles(e),
+                                                   per_child=self._tiles(factor), mass=True)
+        return self._untile(mass), self._untile(sums)
+
+    def m_step_backward(self, e: Tensor | None, factor: Tensor, g_mass: Tensor,
+                        g_sums: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+        outs = self.kernels.m_step_backward(self.M, self.Wt, self.cc, self._tiles(e), self._tiles(factor),
+                                            self._tiles(g_sums), self._tiles(g_mass))
+        return tuple(self._untile(t) for t in outs)  # type: ignore[return-value]
+
+    def e_step(self, coeff: Tensor, offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        outs = self.kernels.e_step(self.M, self.Wt, self.cc, self._tiles(coeff), self._tiles(offset))
+        return tuple(self._untile(t) for t in outs)  # type: ignore[return-value]
+
+    def e_step_backward(self, e: Tensor, g_e: Tensor, g_s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        outs = self.kernels.weighted_sums(self.M, self.Wt, self.cc, self._tiles(e), extra=self._tiles(g_e),
+                                          per_child=self._tiles(g_s), mass=True, keep_weights=True)
+        return tuple(self._untile(t) for t in outs)  # type: ignore[return-value]
 
     def vote_grads(self, left: list[Tensor], right: list[Tensor]) -> tuple[Tensor, Tensor]:
         """(d patches (N, L, I, 4, 4), d weight (I, O, 4, 4)) from the recorded factor pairs."""
@@ -224,38 +286,45 @@ class _VoteRoot(torch.autograd.Function):
         return (None, None, *grads)
 
 
-class _WeightedSums(torch.autograd.Function):
-    """M-step contraction: weights (N, L, O, I) -> (N, L, O, 32)."""
+class _MStep(torch.autograd.Function):
+    """M-step sums of w = e * factor: e (N, L, O, I) or None (1), factor (N, L, I) -> mass (N, L, O),
+    sums (N, L, O, 32) = sum_i w [V - c, (V - c)^2]."""
 
     @staticmethod
-    def forward(ctx, weights: Tensor, token: Tensor, source, tape: _Tape):  # type: ignore[override]
-        ctx.save_for_backward(weights)
+    def forward(ctx, e, factor: Tensor, token: Tensor, source, tape: _Tape):  # type: ignore[override]
+        ctx.save_for_backward(e, factor)
         ctx.source, ctx.tape = source, tape
-        return source.weighted_sums(weights)
+        return source.m_step(e, factor)
 
     @staticmethod
-    def backward(ctx, g_sums):  # type: ignore[override]
-        (weights,) = ctx.saved_tensors
+    def backward(ctx, g_mass, g_sums):  # type: ignore[override]
+        e, factor = ctx.saved_tensors
+        g_e, g_factor, weights = ctx.source.m_step_backward(e, factor, g_mass, g_sums)
         ctx.tape.left.append(weights)
         ctx.tape.right.append(g_sums)
-        return ctx.source.projections(g_sums), torch.zeros((), dtype=g_sums.dtype), None, None
+        return g_e, g_factor, torch.zeros((), dtype=factor.dtype), None, None
 
 
-class _Projections(torch.autograd.Function):
-    """E-step contraction: coeff (N, L, O, 32) -> (N, L, O, I)."""
+class _EStep(torch.autograd.Function):
+    """E-step: coeff (N, L, O, 32), offset (N, L, O) -> z = [V - c, (V - c)^2] . coeff + offset as the
+    per-patch softmax pieces e = exp(z - m) (N, L, O, I), m = max_o z (N, L, I; a constant: every
+    result depends on z only) and s = sum_o e (N, L, I)."""
 
     @staticmethod
-    def forward(ctx, coeff: Tensor, token: Tensor, source, tape: _Tape):  # type: ignore[override]
-        ctx.save_for_backward(coeff)
+    def forward(ctx, coeff: Tensor, offset: Tensor, token: Tensor, source, tape: _Tape):  # type: ignore[override]
+        e, top, total = source.e_step(coeff, offset)
+        ctx.mark_non_differentiable(top)
+        ctx.save_for_backward(coeff, e)
         ctx.source, ctx.tape = source, tape
-        return source.projections(coeff)
+        return e, top, total
 
     @staticmethod
-    def backward(ctx, g_proj):  # type: ignore[override]
-        (coeff,) = ctx.saved_tensors
-        ctx.tape.left.append(g_proj)
+    def backward(ctx, g_e, _g_top, g_total):  # type: ignore[override]
+        coeff, e = ctx.saved_tensors
+        g_coeff, g_offset, g_z = ctx.source.e_step_backward(e, g_e, g_total)
+        ctx.tape.left.append(g_z)
         ctx.tape.right.append(coeff)
-        return ctx.source.weighted_sums(g_proj), torch.zeros((), dtype=g_proj.dtype), None, None
+        return g_coeff, g_offset, torch.zeros((), dtype=coeff.dtype), None, None
 
 
 def em_routing(
@@ -271,7 +340,7 @@ def em_routing(
     child_index: Tensor | None = None,
     num_children: int | None = None,
     variance_floor: float = VARIANCE_FLOOR,
-    images_per_chunk: int | None = IMAGES_PER_CHUNK,
+    images_per_chunk: int | None = AUTO_CHUNK,
 ) -> tuple[Tensor, Tensor]:
     """Route child votes to parent capsules with EM (paper Procedure 1).
 
@@ -289,7 +358,8 @@ def em_routing(
         child_index: (L, I) long, child id of slot (l, i); ``num_children`` = number of ids.
         variance_floor: added to every variance (official stabiliser).
         images_per_chunk: route this many images at a time (images are independent); bounds the
-            [V, V^2] temporaries, e.g. for inference at batch 128. ``None``: all at once.
+            [V, V^2] temporaries, e.g. for inference at batch 128. ``None``: all at once;
+            :data:`AUTO_CHUNK` (default): as many as fit :data:`STORED_VOTES_BYTES`.
 
     Returns:
         poses (N, L, O, 16) = mu_j and activations (N, L, O) = a_j of the last M-step.
@@ -298,6 +368,7 @@ def em_routing(
     if iterations < 1:
         raise ValueError("iterations must be >= 1")
     n, length, types, slots, dim = votes.shape
+    images_per_chunk = images_per_chunk_for(length * types * slots * dim, votes.element_size(), images_per_chunk)
     if images_per_chunk is not None and n > images_per_chunk:
         chunks = [
             em_routing(v, a, beta_u, beta_a, iterations, schedule=schedule, lambda_scale=lambda_scale,
@@ -333,11 +404,12 @@ def em_routing_from_poses(
     the fused C kernels (:class:`FusedVotes`; 4-8x faster, no vote-sized memory); anything else
     builds the votes and calls :func:`em_routing`.
     """
-    images_per_chunk = options.pop("images_per_chunk", IMAGES_PER_CHUNK)
+    images_per_chunk = options.pop("images_per_chunk", AUTO_CHUNK)
     if not fused_votes_supported(patches, weight):
         # Build the votes a few images at a time, so the vote-sized temporaries stay bounded.
         n, length, slots = patches.shape[:3]
-        step = images_per_chunk or n
+        per_image = length * weight.shape[1] * slots * 16
+        step = images_per_chunk_for(per_image, patches.element_size(), images_per_chunk) or n
         outs = []
         for p, a in zip(patches.split(step), activations.split(step)):
             votes = torch.einsum("nlirk,iokc->nloirc", p, weight).reshape(p.shape[0], length, weight.shape[1], slots, 16)
@@ -378,23 +450,22 @@ def _route(
         tape = _Tape()
         token = _VoteRoot.apply(source, tape, *inputs)
 
-        def weighted_sums(weights: Tensor) -> Tensor:
-            return _WeightedSums.apply(weights, token, source, tape)
+        def m_step(e: Tensor | None, factor: Tensor) -> tuple[Tensor, Tensor]:
+            return _MStep.apply(e, factor, token, source, tape)
 
-        def projections(coeff: Tensor) -> Tensor:
-            return _Projections.apply(coeff, token, source, tape)
+        def e_step(coeff: Tensor, offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            return _EStep.apply(coeff, offset, token, source, tape)
     else:
-        weighted_sums, projections = source.weighted_sums, source.projections
+        m_step, e_step = source.m_step, source.e_step
 
     log_r = uniform_log_assignments(child_index, types, (length, slots), activations.dtype).to(activations.device)
-    child_act = activations.unsqueeze(2)  # (N, L, 1, I)
+    factor = torch.exp(log_r).view(1, length, slots) * activations  # (N, L, I): R_ij a_i = e_ij * factor_i
+    e: Tensor | None = None  # (N, L, O, I); None: 1 (the uniform start)
     beta_u = beta_u.view(types, 1)
     beta_a = beta_a.view(types)
     for step, lam in enumerate(lambdas):
         # ---- M-step: R_ij <- R_ij a_i, weighted moments of the votes. ----
-        weights = (torch.exp(log_r) * child_act).expand(n, length, types, slots)  # (N, L, O, I)
-        mass = weights.sum(dim=3)  # (N, L, O)
-        moments = weighted_sums(weights)  # (N, L, O, 32)
+        mass, moments = m_step(e, factor)  # (N, L, O), (N, L, O, 32)
         moments = moments / mass.clamp_min(_MIN_MASS).unsqueeze(-1)
         mean, mean_sq = moments.split(dim, dim=-1)
         variance = (mean_sq - mean * mean).clamp_min(0.0) + variance_floor  # (N, L, O, 16)
@@ -411,12 +482,12 @@ def _route(
         # ---- E-step: log a_j + log N(V_ij; mu_j, sigma_j^2), normalised over parents. ----
         inv_var = 1.0 / variance
         coeff = torch.cat([mean * inv_var, -0.5 * inv_var], dim=-1)  # (N, L, O, 32)
-        quad = projections(coeff)  # (N, L, O, I)
         const = (
             F.logsigmoid(logit_a)
             - 0.5 * (mean * mean * inv_var).sum(-1)
             - log_sd.sum(-1)
             - dim * _HALF_LOG_2PI
         )
-        log_r = _log_normalise(quad + const.unsqueeze(-1), child_index, num_children or 0)
+        e, top, total = e_step(coeff, const)  # z_ij = coeff . [V, V^2] + const as exp(z - top), sum_o
+        factor = _assignment_factor(top, total, activations, child_index, num_children or 0)
     raise AssertionError("unreachable")
