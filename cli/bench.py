@@ -11,10 +11,17 @@ BENCH_HELP = """\
 Measure speed and memory on this machine.
 
 \b
-`bench models` reports, for each model (capsules, capsules-small, cnn):
-  - training images/s: forward + loss + backward + Adam step, batch 32;
+`bench models` reports, for each model (capsules, capsules-small, cnn), each capsule net
+under today's default training recipe and the paper's (3 routing iterations):
+  - training images/s: forward + loss + backward + Adam step, batch 32, and its ratio to
+    the CNN's;
   - inference images/s: forward only, batch 128;
   - peak RSS (resident memory high-water mark) of a fresh process running that model;
+  - the counted work (matrix products, convolutions, einsums) per training image, the
+    GFLOP/s that makes, and its share of this machine's own peak (a float32 matrix
+    product measured in the same run);
+  - capsules-small in one process on every thread against one-thread processes side by
+    side (does one process use the cores as well as several do?);
   - the same for each capsule net with EM routing done two slower ways, in the same run:
     `stored` (PyTorch over the stored vote tensor [V, V^2], the fused C kernels off) and
     `straightforward` (vectorised the obvious way: per-patch normalisation, every
@@ -49,29 +56,38 @@ def bench() -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Timed steps per measurement (default 3; 1 with --quick).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's choice).")
 @click.option("--compile", "use_compile", is_flag=True, help="Run the fast models through torch.compile (optional path; slow to start).")
+@click.option("--side-by-side/--no-side-by-side", default=True, show_default=True,
+              help="Also time capsules-small in one process against one-thread processes side by side.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write models.md, models.json and provenance.json (command, commit, CPU) here.")
 @click.option("--train-batch", type=click.IntRange(min=1), default=32, show_default=True, hidden=True)
 @click.option("--infer-batch", type=click.IntRange(min=1), default=128, show_default=True, hidden=True)
 @click.option("--routing-batch", type=click.IntRange(min=1), default=None, hidden=True)
-def models(as_json: bool, quick: bool, steps: int | None, threads: int | None, use_compile: bool,
+def models(as_json: bool, quick: bool, steps: int | None, threads: int | None, use_compile: bool, side_by_side: bool,
            out_dir: Path | None, train_batch: int, infer_batch: int, routing_batch: int | None) -> None:
     """Training/inference images/s and peak RSS per model, and EM routing fast vs stored vs straightforward."""
-    from capsrobust.bench import bench_models, bench_routing
+    import torch
+
+    from capsrobust.bench import bench_models, bench_processes, bench_routing
     from capsrobust.reporting.bench import bench_models_record, bench_models_text, write_bench_models
 
     steps = steps or (1 if quick else 3)
-    model_table = bench_models(
-        steps=steps, warmup=1 if quick else 3, train_batch=train_batch, infer_batch=infer_batch,
+    warmup = 1 if quick else 3
+    model_table, machine = bench_models(
+        steps=steps, warmup=warmup, train_batch=train_batch, infer_batch=infer_batch,
         straightforward_batch=min(4 if quick else 8, train_batch), threads=threads, compile=use_compile,
     )
+    processes = None
+    if side_by_side:
+        processes = bench_processes(processes=threads or torch.get_num_threads(), steps=steps, warmup=warmup,
+                                    train_batch=train_batch, infer_batch=infer_batch)
     routing_table = bench_routing(routing_batch or (2 if quick else 8), steps=steps, threads=threads)
     if out_dir is not None:
-        write_bench_models(out_dir, model_table, routing_table)
+        write_bench_models(out_dir, model_table, routing_table, machine, processes)
     if as_json:
-        click.echo(json.dumps(bench_models_record(model_table, routing_table), indent=2))
+        click.echo(json.dumps(bench_models_record(model_table, routing_table, machine, processes), indent=2))
         return
-    click.echo(bench_models_text(model_table, routing_table))
+    click.echo(bench_models_text(model_table, routing_table, machine, processes))
 
 
 LEARNING_HELP = """\

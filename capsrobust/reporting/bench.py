@@ -35,36 +35,58 @@ def json_records(table: pd.DataFrame) -> list[dict[str, Any]]:
 # bench models: capsrobust.bench.bench_models and bench_routing
 
 
-def bench_models_record(model_table: pd.DataFrame, routing_table: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
-    """``{"models": rows, "routing": rows}``: what ``bench models --json`` prints and models.json holds."""
-    return {"models": json_records(model_table), "routing": json_records(routing_table)}
+def bench_models_record(model_table: pd.DataFrame, routing_table: pd.DataFrame, machine: dict[str, Any],
+                        processes: pd.DataFrame | None = None) -> dict[str, Any]:
+    """``{"machine", "models", "processes", "routing"}``: what ``bench models --json`` prints and models.json holds."""
+    return {"machine": machine, "models": json_records(model_table),
+            "processes": [] if processes is None else json_records(processes), "routing": json_records(routing_table)}
 
 
-def _bench_models_sections(model_table: pd.DataFrame, routing_table: pd.DataFrame) -> list[tuple[str, str]]:
-    return [("Models", to_markdown(model_table)),
-            ("EM routing alone (ConvCaps1 of `capsules`, votes included, 3 iterations)", to_markdown(routing_table))]
+def _bench_models_sections(model_table: pd.DataFrame, routing_table: pd.DataFrame, machine: dict[str, Any],
+                           processes: pd.DataFrame | None) -> list[tuple[str, str]]:
+    size = machine["peak_matmul"]
+    sections = [
+        ("Machine", f"Peak: a float32 {size}x{size} matrix product runs at **{machine['peak_gflop_s']:.1f} GFLOP/s** on "
+                    f"{machine['peak_threads']} thread(s) in this run; `of_peak` divides each model's counted "
+                    "training GFLOP/s by it."),
+        ("Models", "Training: forward + loss + backward + Adam step at `train_batch`; inference: forward only at "
+                   "`infer_batch`. `recipe` is the preset that builds the capsule net (`default`: what `capsrobust "
+                   "train` uses; `paper`: 3 routing iterations and the paper's constants). `gflop_per_image` counts "
+                   "a training step's matrix products, convolutions and einsums (EM routing's contractions on the "
+                   "PyTorch path), not the element-wise work.\n\n" + to_markdown(model_table)),
+    ]
+    if processes is not None and len(processes):
+        sections.append(("One process against processes side by side",
+                         "Training images/s of one process on every thread, against one-thread processes started "
+                         "together (default recipe), added up.\n\n" + to_markdown(processes)))
+    sections.append(("EM routing alone (ConvCaps1 of `capsules`, votes included, 3 iterations)",
+                     to_markdown(routing_table)))
+    return sections
 
 
-def bench_models_text(model_table: pd.DataFrame, routing_table: pd.DataFrame) -> str:
-    """Both tables as markdown sections (``## Models``, ``## EM routing alone ...``), for the terminal."""
-    return "\n\n".join(f"## {heading}\n\n{body}" for heading, body in _bench_models_sections(model_table, routing_table))
+def bench_models_text(model_table: pd.DataFrame, routing_table: pd.DataFrame, machine: dict[str, Any],
+                      processes: pd.DataFrame | None = None) -> str:
+    """Every table as a markdown section (``## Machine``, ``## Models``, ...), for the terminal."""
+    return "\n\n".join(f"## {heading}\n\n{body}"
+                        for heading, body in _bench_models_sections(model_table, routing_table, machine, processes))
 
 
-def write_bench_models(out_dir: str | os.PathLike[str], model_table: pd.DataFrame,
-                       routing_table: pd.DataFrame) -> list[Path]:
-    """Write models.md (both tables), models.json (:func:`bench_models_record`) and provenance.json
+def write_bench_models(out_dir: str | os.PathLike[str], model_table: pd.DataFrame, routing_table: pd.DataFrame,
+                       machine: dict[str, Any], processes: pd.DataFrame | None = None) -> list[Path]:
+    """Write models.md (every table), models.json (:func:`bench_models_record`) and provenance.json
     (command, commit, CPU, the torch threads of the run) into ``out_dir`` (created); returns their paths.
 
-    ``model_table`` / ``routing_table``: :func:`capsrobust.bench.bench_models` / ``bench_routing``.
+    ``model_table``, ``machine`` / ``processes`` / ``routing_table``: :func:`capsrobust.bench.bench_models` /
+    ``bench_processes`` / ``bench_routing``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = bench_models_record(model_table, routing_table)
+    record = bench_models_record(model_table, routing_table, machine, processes)
     intro = ("Written by `capsrobust bench models` (exact command, commit and CPU in provenance.json). "
              "Random inputs: no dataset is involved. Ratios come from one run on one machine.")
+    sections = _bench_models_sections(model_table, routing_table, machine, processes)
     return [
-        atomic_write_text(out / "models.md", markdown_report("capsrobust bench models",
-                                                             _bench_models_sections(model_table, routing_table), intro)),
+        atomic_write_text(out / "models.md", markdown_report("capsrobust bench models", sections, intro)),
         write_json(out / "models.json", record),
         write_json(out / "provenance.json", provenance(cpu=cpu_model(), torch_threads=record["models"][0]["threads"])),
     ]
