@@ -111,6 +111,11 @@ class TrainConfig:
             raise ConfigError(f"--target-familiar-error must be a fraction in [0, 1], got {self.target_familiar_error}")
         if self.max_eval_examples < 0:
             raise ConfigError(f"--max-eval-examples must be 0 (all) or positive, got {self.max_eval_examples}")
+        for key in ("eval_every", "checkpoint_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"--{key.replace('_', '-')} must be 0 (automatic) or positive, got {getattr(self, key)}")
+        if self.model_overrides.get("iterations", 1) < 1:
+            raise ConfigError(f"--iterations must be at least 1, got {self.model_overrides['iterations']}")
         if self.margin_schedule is not None and self.margin_schedule not in MARGIN_SCHEDULES:
             raise ConfigError(f"unknown --margin-schedule {self.margin_schedule!r}; valid: {', '.join(MARGIN_SCHEDULES)}")
         for key in ("lambda_scale", "conv_lambda_scale", "class_lambda_scale"):
