@@ -66,17 +66,30 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{path}: is a directory; pass a checkpoint file such as {path / 'last.pt'}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- untrusted file: torch.load raises many types (even KeyError)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        kind = "truncated or corrupt" if path.stat().st_size else "empty"
-        raise CheckpointError(
-            f"{path}: not a loadable checkpoint ({kind}: {first[:120]}); use another checkpoint or retrain"
-        ) from None
+    except Exception:  # noqa: BLE001 -- untrusted file: torch.load raises many types (even KeyError)
+        raise CheckpointError(f"{path}: {_unloadable(path)}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a capsrobust checkpoint (foreign file); pass one written by `capsrobust train`")
     if data.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {data.get('version')} is not supported (expected {VERSION})")
     return data
+
+
+#: The first bytes of every file ``torch.save`` writes (a zip archive).
+_TORCH_ARCHIVE = b"PK\x03\x04"
+
+
+def _unloadable(path: Path) -> str:
+    """Why ``torch.load`` refused ``path``, in the user's terms (never PyTorch's own sentence)."""
+    with path.open("rb") as f:
+        head = f.read(len(_TORCH_ARCHIVE))
+    if not head:
+        return "not a loadable checkpoint (the file is empty); pass one written by `capsrobust train`"
+    if head != _TORCH_ARCHIVE:
+        return ("not a capsrobust checkpoint: torch.save did not write it, so it is not a loadable checkpoint; "
+                "pass one written by `capsrobust train`")
+    return ("not a loadable checkpoint (a torch file that is truncated or corrupt, or holds objects other than "
+            "tensors and plain data, which capsrobust refuses to unpickle); use another checkpoint or retrain")
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:

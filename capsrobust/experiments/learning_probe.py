@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +34,7 @@ import torch
 from capsrobust.data.prepared import PreparedData
 from capsrobust.data.transforms import center_crop
 from capsrobust.errors import ConfigError
-from capsrobust.models import MODEL_NAMES, build_model, is_capsule_model, score_kind
+from capsrobust.models import MODEL_NAMES, BaselineCNN, MatrixCapsNet, build_model, is_capsule_model, score_kind
 from capsrobust.models.prediction import predict_scores
 from capsrobust.presets import PRESET_NAMES, resolve_preset
 from capsrobust.training import TrainConfig, learning_rate, loss_function
@@ -63,13 +64,45 @@ class Variant:
         return resolve_preset(config)
 
 
-def _value(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
+#: Keys a variant cannot set: the data decides the input channels, the task the classes, the code the routing.
+FIXED_KEYS = ("in_channels", "num_classes", "routing")
+#: How each option type reads from text, and what it is called in an error.
+_READERS: dict[type, tuple[Callable[[str], Any], str]] = {
+    bool: (lambda text: {"true": True, "false": False}[text.lower()], "true or false"),
+    int: (int, "a whole number"),
+    float: (float, "a number"),
+    str: (str, "a word"),
+}
+
+
+def _option_types(model: str) -> dict[str, type]:
+    """Key -> the type it holds (bool, int, float or str): the training keys from :class:`TrainConfig`'s
+    fields, every other key from the model class's keyword arguments. Keys of no such type are left out."""
+    model_class = MatrixCapsNet if is_capsule_model(model) else BaselineCNN
+    training = {key: hint for key, hint in typing.get_type_hints(TrainConfig).items() if key in TRAINING_KEYS}
+    types = {}
+    for key, hint in {**typing.get_type_hints(model_class.__init__), **training}.items():
+        kinds = [kind for kind in (typing.get_args(hint) or (hint,)) if kind in _READERS]
+        if kinds:
+            types[key] = kinds[0]
+    return types
+
+
+def _value(spec: str, key: str, text: str, types: dict[str, type]) -> Any:
+    """``text`` read as the type ``key`` holds; a one-line ConfigError naming the key, the value and the type."""
+    if key in FIXED_KEYS:
+        raise ConfigError(f"variant {spec!r}: {key} cannot be set by a variant (it comes from the data and the model)")
+    if key not in types:
+        valid = ", ".join(sorted(set(types) - set(FIXED_KEYS), key=str.lower))
+        raise ConfigError(f"variant {spec!r}: unknown option {key!r}; valid: {valid}")
+    read, what = _READERS[types[key]]
+    try:
+        value = read(text)
+    except (KeyError, ValueError):
+        raise ConfigError(f"variant {spec!r}: {key} takes {what}, got {text!r}") from None
+    if types[key] is int and value < 1:  # every whole-number option counts something: capsule types, iterations, images
+        raise ConfigError(f"variant {spec!r}: {key} must be at least 1, got {value}")
+    return value
 
 
 def parse_variant(spec: str) -> Variant:
@@ -82,17 +115,19 @@ def parse_variant(spec: str) -> Variant:
     if preset not in PRESET_NAMES:
         raise ConfigError(f"variant {spec!r}: unknown preset {preset!r}; valid: {', '.join(PRESET_NAMES)}")
     training, options = [], []
+    types = _option_types(model)
     for item in filter(None, (part.strip() for part in tail.split(","))):
-        key, sep, text = item.partition("=")
+        key, sep, text = (part.strip() for part in item.partition("="))
         if not sep or not key:
             raise ConfigError(f"variant {spec!r}: {item!r} is not key=value (e.g. capsules-small:iterations=2)")
-        (training if key in TRAINING_KEYS else options).append((key, _value(text)))
+        (training if key in TRAINING_KEYS else options).append((key, _value(spec, key, text, types)))
     variant = Variant(spec.strip(), model, preset, tuple(training), tuple(options))
-    try:  # unknown or bad options fail here, once, with the variant named
+    try:  # bad option values fail here, once, with the variant named: a tiny copy runs one image
         config = variant.train_config()
         tiny = dict(A=4, B=2, C=2, D=2) if is_capsule_model(model) else {}
-        build_model(model, **{**config.model_overrides, **tiny})
-    except (TypeError, ValueError) as exc:
+        with torch.no_grad():
+            build_model(model, **{**config.model_overrides, **tiny}).eval()(torch.zeros(1, 2, 32, 32))
+    except (TypeError, ValueError, ConfigError) as exc:
         raise ConfigError(f"variant {spec!r}: {exc}") from None
     return variant
 
