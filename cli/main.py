@@ -60,8 +60,8 @@ COMMANDS: dict[str, LazyCommand] = {
                          "run directory."),
     "viewpoint-split": LazyCommand("capsrobust_cli.viewpoint:viewpoint_split", "Table 2 of the paper for SPLIT "
                                    "(azimuth or elevation): train the CNN and a capsule net on the familiar views "
-                                   "only, stop the capsule net where its familiar error matches the CNN's, and "
-                                   "compare their error on novel views."),
+                                   "only, take them where their familiar errors match, and compare their error on "
+                                   "novel views."),
 }
 
 
