@@ -92,9 +92,11 @@ def _device() -> str:
               help="L-inf radius in [0, 1] pixel units: 0.1, a list 0,0.05,0.1, or START:STOP:STEP (STOP included).")
 @click.option("--targeted", is_flag=True, help="Also run the targeted mode (every example towards each class).")
 @click.option("--models", "models_text", default=None, metavar="PATH,PATH",
-              help="Checkpoints written by `capsrobust train` (a capsule net and a cnn) "
-                   "[default: the newest best.pt (else last.pt) of each kind under runs/ and results/train/].")
-@click.option("--n", "n", type=int, default=1000, show_default=True, help="Test images attacked.")
+              help="Checkpoints written by `capsrobust train` (a capsule net and a cnn) [default: the default models "
+                   "shipped under results/train/, run from the repository root; the command says which it took].")
+@click.option("--n", "n", type=int, default=1000, show_default=True,
+              help="Test images attacked (a seeded subset of the familiar test set); the time grows with it, so "
+                   "--n 100 gives a quick look.")
 @click.option("--batch-size", type=int, default=None,
               help="Images per forward/backward [default: per model, 16 for capsule nets, 128 for the CNN].")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -113,7 +115,7 @@ def _device() -> str:
 def attack(attack_list: str, eps_text: str, targeted: bool, models_text: str | None, n: int, batch_size: int | None,
            seed: int, steps: int, loss: str, data_dir: Path | None, out_dir: Path | None, no_savings: bool,
            no_progress: bool) -> None:
-    from capsrobust.evaluation.attack_data import check_image_count, find_default_checkpoints, load_attack_setup
+    from capsrobust.evaluation.attack_data import check_image_count, default_checkpoints, load_attack_setup
     from capsrobust.evaluation.robustness import SweepConfig, check_models, evaluate_robustness, sweep_cells
     from capsrobust.reporting.attacks import attack_report_text, write_attack_report
 
@@ -124,7 +126,11 @@ def attack(attack_list: str, eps_text: str, targeted: bool, models_text: str | N
     config = SweepConfig(attacks=attacks, eps_values=eps_values, modes=modes, loss=loss.strip().lower(),
                          steps=steps, batch_size=batch_size, seed=seed, savings=not no_savings)
     config.validate()  # every option checked before the (slow) loading
-    paths = [p.strip() for p in models_text.split(",")] if models_text else find_default_checkpoints()
+    if models_text:
+        paths: list[str | Path] = [p.strip() for p in models_text.split(",")]
+    else:
+        paths, taken = default_checkpoints()
+        click.echo(taken, err=True)
     if any(not p for p in paths):
         raise ConfigError(f"--models {models_text!r} has an empty path; pass PATH,PATH")
     out = out_dir or Path("results") / "attacks" / "-".join(attacks).replace(":", "_")

@@ -47,13 +47,13 @@ def bench_attacks(models_text: str | None, n: int, steps: int, batch_size: int |
 
     \b
     Examples:
-      capsrobust bench attacks                      # 1000 images, newest checkpoints
+      capsrobust bench attacks                      # 1000 images, the shipped default models
       capsrobust bench attacks --n 50 --models caps.pt,cnn.pt
       capsrobust bench attacks --savings-only --out results/bench/attacks
     """
     import torch
 
-    from capsrobust.evaluation.attack_data import check_image_count, find_default_checkpoints, load_attack_setup
+    from capsrobust.evaluation.attack_data import check_image_count, default_checkpoints, load_attack_setup
     from capsrobust.evaluation.robustness import SweepConfig, compare_savings, robustness_sweep
     from capsrobust.reporting.bench import (bench_attacks_record, bench_attacks_text, savings_only_timings,
                                             write_bench_attacks)
@@ -64,7 +64,11 @@ def bench_attacks(models_text: str | None, n: int, steps: int, batch_size: int |
     config.validate()  # --steps and --batch-size, before the (slow) loading
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; pass a directory")
-    paths = [p.strip() for p in models_text.split(",")] if models_text else find_default_checkpoints()
+    if models_text:
+        paths: list[str | Path] = [p.strip() for p in models_text.split(",")]
+    else:
+        paths, taken = default_checkpoints()
+        click.echo(taken, err=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     setup = load_attack_setup(paths, data_dir, n=n, seed=seed, device=device)
     started = time.monotonic()

@@ -7,9 +7,7 @@ tiny capsules-small and cnn checkpoints trained for a few steps on a tiny NORB-f
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +21,7 @@ from capsrobust.attacks import (ATTACK_NAMES, TARGETED_OK, ScoreModel, SignGradi
                                 parse_attack_spec, parse_eps, set_target)
 from capsrobust.checkpoints import load_checkpoint, save_checkpoint
 from capsrobust.errors import ConfigError
-from capsrobust.evaluation.attack_data import find_default_checkpoints, sample_test_images
+from capsrobust.evaluation.attack_data import SHIPPED_DEFAULTS, ShippedPair, default_checkpoints, sample_test_images
 from capsrobust.evaluation.robustness import (SweepConfig, evaluate_robustness, gradient_statistics,
                                               robustness_sweep, sanity_checks)
 from capsrobust.paths import CACHE_ENV
@@ -629,27 +627,70 @@ def test_test_images_are_a_seeded_subset_of_centre_crops(tiny: SimpleNamespace):
     assert torch.equal(a_labels, data.subset("test_familiar")[1][a_index])
 
 
-def test_default_models_are_the_newest_capsule_and_cnn_runs(tiny: SimpleNamespace, tmp_path: Path):
-    old_caps, cnn_run = tmp_path / "runs" / "old", tmp_path / "runs" / "c"
-    new_caps = tmp_path / "results" / "train" / "new"
-    for run, source in ((old_caps, tiny.caps), (new_caps, tiny.caps), (cnn_run, tiny.cnn)):
-        run.mkdir(parents=True)
-        shutil.copy(source, run / "last.pt")
-    shutil.copy(tiny.cnn, cnn_run / "best.pt")
-    (tmp_path / "runs" / "junk").mkdir()
-    (tmp_path / "runs" / "junk" / "last.pt").write_text("not a checkpoint")
-    now = time.time()
-    os.utime(old_caps / "last.pt", (now - 100, now - 100))
-    os.utime(tmp_path / "runs" / "junk" / "last.pt", (now + 100, now + 100))
-    found = find_default_checkpoints([tmp_path / "runs", tmp_path / "results" / "train"])
-    assert found == [new_caps / "last.pt", cnn_run / "best.pt"]
+def _ship(root: Path, pair: ShippedPair, tiny: SimpleNamespace) -> None:
+    for path, source in ((pair.capsules, tiny.caps), (pair.cnn, tiny.cnn)):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, root / path)
 
 
-def test_no_checkpoints_found_tells_the_user_to_train(tiny: SimpleNamespace, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch):
+def test_without_models_the_shipped_default_pair_is_attacked_and_named(tiny: SimpleNamespace, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch):
+    """The design card's `capsrobust attack fgsm --eps 0.1` on a fresh clone: the committed default models."""
+    monkeypatch.chdir(tmp_path)
+    _ship(tmp_path, SHIPPED_DEFAULTS[0], tiny)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["attack", "fgsm", "--eps", "0.1", "--data-dir", str(tiny.data_dir), "--n", "4",
+                                      "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    taken = [line for line in result.stderr.splitlines() if line.startswith("no --models given: taking")]
+    assert len(taken) == 1 and SHIPPED_DEFAULTS[0].capsules in taken[0] and SHIPPED_DEFAULTS[0].cnn in taken[0]
+    attacked = [c["path"] for c in json.loads((out / "provenance.json").read_text())["checkpoints"]]
+    assert attacked == [SHIPPED_DEFAULTS[0].capsules, SHIPPED_DEFAULTS[0].cnn]
+
+
+def test_the_first_shipped_pair_present_wins(tiny: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    matched = ShippedPair("m/caps.pt", "m/matched.pt", "a matched pair")
+    unmatched = ShippedPair("u/caps.pt", "u/best.pt", "an unmatched pair")
+    _ship(tmp_path, unmatched, tiny)
+    paths, taken = default_checkpoints([matched, unmatched])
+    assert paths == [Path("u/caps.pt"), Path("u/best.pt")]
+    assert taken == "no --models given: taking an unmatched pair: u/caps.pt, u/best.pt"
+    _ship(tmp_path, matched, tiny)
+    assert default_checkpoints([matched, unmatched])[0] == [Path("m/caps.pt"), Path("m/matched.pt")]
+
+
+def test_the_shipped_default_pair_is_todays_default_recipe():
+    """The table names checkpoints the repository holds, trained with today's preset (capsule shape jitter included)."""
+    from capsrobust.presets import resolve_preset
+    from capsrobust.training import TrainConfig
+
+    root = Path(__file__).resolve().parent.parent
+    pair = SHIPPED_DEFAULTS[-1]
+    for path, model in ((pair.capsules, "capsules-small"), (pair.cnn, "cnn")):
+        checkpoint, today = load_checkpoint(root / path), resolve_preset(TrainConfig(model=model))
+        assert checkpoint["model"] == model and checkpoint["model_config"] == today.model_overrides, path
+        for key in ("lr", "lr_decay", "shape_jitter"):  # None in older runs: the preset's then, 0 for jitter
+            assert (checkpoint["config"].get(key) or 0.0) == (getattr(today, key) or 0.0), (path, key)
+
+
+def test_attack_in_a_log_writes_one_plain_line_per_cell(tiny: SimpleNamespace, tmp_path: Path):
+    """CliRunner's streams are not terminals: no carriage returns or escape codes, one line per cell instead."""
+    args = [a for a in attack_args(tiny, "fgsm,bim", "--eps", "0,0.1", out=tmp_path / "out") if a != "--no-progress"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.output and "\x1b[" not in result.output
+    cells = [line for line in result.stderr.splitlines() if line.startswith("attack cells: ")]
+    assert len(cells) == 8 and cells[-1].startswith("attack cells: 8/8 cell (100%)")  # 2 models x 2 attacks x 2 eps
+    assert all(" eps=" in line for line in cells)
+
+
+def test_no_shipped_checkpoints_tell_the_user_what_to_pass(tiny: SimpleNamespace, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["attack", "fgsm", "--eps", "0.1", "--data-dir", str(tiny.data_dir)])
-    assert_one_line_error(result, "no capsules and no cnn checkpoint found", "capsrobust train", "--models")
+    assert_one_line_error(result, "no --models given and no shipped default checkpoints here",
+                          SHIPPED_DEFAULTS[0].capsules, "--models CAPS.pt,CNN.pt", "capsrobust train")
 
 
 def _foreign(tmp_path: Path) -> Path:

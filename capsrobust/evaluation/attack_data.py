@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,11 +23,29 @@ from capsrobust.errors import CheckpointError, ConfigError
 from capsrobust.models import is_capsule_model
 from capsrobust.provenance import file_sha256
 
-__all__ = ["DEFAULT_RUN_ROOTS", "AttackSetup", "LoadedCheckpoint", "check_image_count", "find_default_checkpoints",
-           "load_attack_setup", "sample_test_images"]
+__all__ = ["SHIPPED_DEFAULTS", "AttackSetup", "LoadedCheckpoint", "ShippedPair", "check_image_count",
+           "default_checkpoints", "load_attack_setup", "sample_test_images"]
 
-#: Where ``capsrobust train`` puts run directories by default, and where results/ keeps them.
-DEFAULT_RUN_ROOTS = ("runs", "results/train")
+
+@dataclass(frozen=True)
+class ShippedPair:
+    """A capsule net and a CNN whose evaluation-only checkpoints are committed to the repository."""
+
+    capsules: str  # path from the repository root
+    cnn: str
+    what: str  # what the pair is, told to the user when it is taken
+
+
+#: The models ``capsrobust attack`` and ``capsrobust bench attacks`` take when no --models is given: the first
+#: pair whose two files exist, from the working directory (the repository root). A clean-error-matched pair of
+#: today's default capsule net (a CNN's matched.pt stopped at that net's validation error) belongs first once one
+#: is committed; the matched CNNs committed so far (results/train/cnn-matched-seed0/,
+#: results/study/runs/cnn-matched-seed*/) are partners of the previous default (no shape jitter), so they are not here.
+SHIPPED_DEFAULTS: tuple[ShippedPair, ...] = (
+    ShippedPair(capsules="results/train/capsules-small-jitter-seed0/best.pt", cnn="results/train/cnn-seed0/best.pt",
+                what="today's default capsules-small (shape jitter 0.15) and CNN, seed 0, each at its lowest "
+                     "validation error (not clean-error matched)"),
+)
 
 
 @dataclass
@@ -65,35 +83,18 @@ class AttackSetup:
         return self.data.describe()
 
 
-def find_default_checkpoints(roots: Iterable[str | os.PathLike[str]] = DEFAULT_RUN_ROOTS) -> list[Path]:
-    """The newest capsule-net and CNN checkpoints of the run directories under ``roots``.
-
-    A run directory is one holding ``last.pt``; from each its ``best.pt`` (else ``last.pt``) is
-    taken; directories are visited newest first (modification time of that file); the first
-    capsule net (:func:`~capsrobust.models.is_capsule_model`) and the first CNN win. Unreadable checkpoints are passed over.
-    Raises :class:`CheckpointError` naming what is missing and how to get it.
+def default_checkpoints(pairs: Sequence[ShippedPair] = SHIPPED_DEFAULTS) -> tuple[list[Path], str]:
+    """The checkpoints to attack when none are named: (capsule net, CNN) of the first of ``pairs`` whose two
+    files exist, and one line saying which they are. Raises :class:`CheckpointError` naming what to pass instead.
     """
-    candidates = []
-    for root in map(Path, roots):
-        if root.is_dir():
-            for last in root.rglob("last.pt"):
-                best = last.with_name("best.pt")
-                chosen = best if best.is_file() else last
-                candidates.append((chosen.stat().st_mtime, chosen))
-    found: dict[bool, Path] = {}  # is a capsule net -> its newest checkpoint
-    for _, path in sorted(candidates, reverse=True):
-        try:
-            capsule = is_capsule_model(str(load_checkpoint(path).get("model", "")))
-        except CheckpointError:
-            continue
-        found.setdefault(capsule, path)
-        if len(found) == 2:
-            return [found[True], found[False]]
-    where = " or ".join(f"{r}/" for r in map(str, roots))
-    missing = [kind for capsule, kind in ((True, "capsules"), (False, "cnn")) if capsule not in found]
-    model = "capsules-small" if True not in found else "cnn"  # what to train first, as a command line
-    raise CheckpointError(f"no {' and no '.join(missing)} checkpoint found under {where}; train one with "
-                          f"`capsrobust train --model {model}` or pass --models CAPS.pt,CNN.pt")
+    for pair in pairs:
+        paths = [Path(pair.capsules), Path(pair.cnn)]
+        if all(path.is_file() for path in paths):
+            return paths, f"no --models given: taking {pair.what}: {paths[0]}, {paths[1]}"
+    looked = "; ".join(f"{pair.capsules}, {pair.cnn}" for pair in pairs) or "none listed"
+    raise CheckpointError(f"no --models given and no shipped default checkpoints here ({looked}; run from the "
+                          "repository root); pass --models CAPS.pt,CNN.pt, e.g. the best.pt of "
+                          "`capsrobust train --model capsules-small` and of `capsrobust train --model cnn`")
 
 
 def check_image_count(n: int) -> int:
