@@ -88,3 +88,18 @@ def test_train_in_a_log_writes_plain_lines_per_epoch(data_dir: Path, tmp_path: P
     quiet = CliRunner().invoke(cli, [*args[:-1], str(tmp_path / "quiet"), "--no-progress"])
     assert quiet.exit_code == 0 and " step (" not in quiet.output
     assert "validation_error=" in quiet.output  # the evaluation records are still printed
+
+
+def test_the_study_in_a_log_has_no_nested_bars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole study (stage bars around training bars) on tiny data, as CI would log it."""
+    from capsrobust.experiments import study
+    from tests.test_study import TINY, TINY_VIEWS
+
+    monkeypatch.setitem(study.STUDY_BUDGETS, "quick", TINY)
+    data = write_dataset(tmp_path / "data", size=16, **TINY_VIEWS)
+    result = CliRunner().invoke(cli, ["study", "--data-dir", str(data), "--out", str(tmp_path / "study")])
+    assert result.exit_code == 0, result.output
+    assert_plain(result.output)
+    stages = [line for line in result.stderr.splitlines() if re.match(r"(train|match|attack-\w+|viewpoint)-", line)]
+    assert any(line.startswith("train-seed0: 4/4 task (100%)") for line in stages), stages
+    assert any(line.startswith("viewpoint-azimuth: 1/1 task (100%)") for line in stages), stages
