@@ -129,3 +129,41 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch):
         poses, out = em_routing_from_poses(patches, weight, acts, beta_u, beta_a, 3, child_index=index)
     want = em_routing(_votes(patches, weight), acts, beta_u, beta_a, 3, child_index=index)
     torch.testing.assert_close(out, want[1])
+
+
+def _routing_outputs_and_grads():
+    patches, weight, acts, beta_u, beta_a, index = (t.float() if t.is_floating_point() else t
+                                                    for t in _inputs(parent_types=5, images=3, seed=7))
+    return _outputs_and_grads(lambda p, w, a, bu, ba: em_routing_from_poses(p, w, a, bu, ba, 3, child_index=index),
+                              patches, weight, acts, beta_u, beta_a)
+
+
+def test_openmp_and_python_thread_kernels_route_alike(monkeypatch):
+    """Both ways of splitting tiles over two threads (OpenMP in C; Python threads) give the same numbers."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    results = {}
+    for openmp in ("1", "0"):
+        monkeypatch.setenv(vote_kernels.OPENMP_ENV, openmp)
+        monkeypatch.setattr(vote_kernels, "_library", None)
+        monkeypatch.setattr(vote_kernels, "_tried", False)
+        assert vote_kernels.available()
+        results[openmp] = (vote_kernels.library().cr_openmp(), _routing_outputs_and_grads())
+    assert results["0"][0] == 0
+    for name, got, want in zip(NAMES, results["1"][1], results["0"][1]):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_e_step_softmax_pieces_match_pytorch():
+    """cr_estep's projections, max, vectorised exp and sum agree with PyTorch's on random inputs."""
+    gen = torch.Generator().manual_seed(3)
+    tiles, slots, types = 6, 11, 5
+    M = torch.randn(tiles, slots, 16, generator=gen)
+    weight = torch.randn(slots, types, 4, 4, generator=gen)
+    Wt, cc = vote_kernels.transforms_for_kernels(weight), vote_kernels.centre(M, weight)
+    coeff, offset = torch.randn(tiles, types, 32, generator=gen), 30 * torch.randn(tiles, types, generator=gen)
+    e, top, total = vote_kernels.e_step(M, Wt, cc, coeff, offset)
+    z = vote_kernels.projections(M, Wt, cc, coeff) + offset.unsqueeze(-1)
+    torch.testing.assert_close(top, z.amax(1))
+    torch.testing.assert_close(e, torch.exp(z - z.amax(1, keepdim=True)), atol=1e-6, rtol=2e-6)
+    torch.testing.assert_close(total, e.sum(1))
+    assert (e[z < top.unsqueeze(1) - 87] == 0).all() and e.max() == 1.0

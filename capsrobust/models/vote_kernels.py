@@ -7,7 +7,8 @@ GNU OpenMP, each kernel splits its tiles over ``torch.get_num_threads()`` thread
 pool; otherwise (ctypes releases the GIL during a call) the wrappers split the tiles over as many
 Python threads. Where no compiler is found or the build fails,
 :func:`available` is False and EM routing falls back to the pure-PyTorch path (same results,
-slower); ``CAPSROBUST_VOTE_KERNELS=0`` forces that fallback.
+slower); ``CAPSROBUST_VOTE_KERNELS=0`` forces that fallback, and
+``CAPSROBUST_VOTE_KERNELS_OPENMP=0`` builds the kernels without OpenMP.
 
 All tensors are float32, contiguous, on the CPU; shapes (B tiles, I children, O parents,
 OCP = 4 O rounded up to a multiple of LANES, see :func:`transforms_for_kernels`) as in the C file:
@@ -34,6 +35,8 @@ from torch import Tensor
 
 SOURCE = Path(__file__).with_name("vote_kernels.c")
 DISABLE_ENV = "CAPSROBUST_VOTE_KERNELS"
+#: Set to 0 to build the kernels without OpenMP (tiles then split over Python threads).
+OPENMP_ENV = "CAPSROBUST_VOTE_KERNELS_OPENMP"
 #: -O3 and the host's vector units; the associative-math flags let gcc vectorise the few dot
 #: products (no -ffast-math: NaN/inf semantics stay IEEE).
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
@@ -115,6 +118,8 @@ def _shares_openmp() -> bool:
     use one thread pool. With another runtime (Intel's, LLVM's) two pools would compete for the
     cores, so the kernels are built without OpenMP and split their tiles over Python threads.
     """
+    if os.environ.get(OPENMP_ENV, "1") == "0":
+        return False
     info = torch.__config__.parallel_info()
     if "ATen parallel backend: OpenMP" not in info:
         return False
