@@ -146,7 +146,8 @@ def verify(data_dir: Path | None) -> None:
 @data.command()
 @_dir_option(required=True)
 @click.option("--url", default=OFFICIAL_BASE_URL, show_default=True, help="Base URL (a mirror) holding the .mat.gz files.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the server.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Seconds to wait for the server.")
 def download(data_dir: Path, url: str, timeout: float) -> None:
     """Fetch the six official smallNORB .mat.gz files (~250 MB), then verify them.
 

@@ -94,3 +94,12 @@ def test_empty_and_truncated_checkpoints_say_which(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["evaluate", str(cut)])
     assert_one_line_error(result, str(cut), "not a loadable checkpoint", "truncated or corrupt")
     assert "zip" not in result.output.lower()  # PyTorch's sentence about the archive is not quoted
+
+
+def test_download_refuses_a_timeout_that_is_not_positive(tmp_path: Path) -> None:
+    """It reached urllib as a ValueError traceback ("Timeout value out of range")."""
+    result = CliRunner().invoke(cli, ["data", "download", "--dir", str(tmp_path / "norb"), "--url",
+                                      "http://127.0.0.1:9/", "--timeout", "-1"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "Error: Invalid value for '--timeout': -1.0 is not in the range x>0" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "norb").exists()
