@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -57,7 +58,7 @@ class ModelBenchConfig:
     recipe: str = "default"
     train_batch: int = 32
     infer_batch: int = 128
-    steps: int = 3
+    steps: int = 5
     #: untimed steps first: a training process reaches its steady state (heap grown, pages mapped,
     #: kernels built) only after a few steps, and a real run spends nearly all its time there.
     warmup: int = 3
@@ -136,13 +137,18 @@ def train_flops_per_image(model_name: str, recipe: str = "default", batch: int =
 
 
 def _timed(fn: Callable[[], None], steps: int, warmup: int) -> float:
-    """Seconds per call of ``fn`` after ``warmup`` untimed calls (median-free: total / steps)."""
+    """Seconds per call of ``fn``: the median of ``steps`` timed calls after ``warmup`` untimed ones.
+
+    The median rather than the mean: on a shared (virtual) CPU a few calls are slowed by whatever
+    else runs, and the median ignores them the same way for every model of one run."""
     for _ in range(warmup):
         fn()
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / steps
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def measure_model(config: ModelBenchConfig) -> dict[str, Any]:
@@ -227,7 +233,7 @@ def _child_main(config_json: str) -> None:
 def bench_models(
     models: tuple[str, ...] = ("capsules", "capsules-small", "cnn"),
     *,
-    steps: int = 3,
+    steps: int = 5,
     warmup: int = 3,
     train_batch: int = 32,
     infer_batch: int = 128,
@@ -281,7 +287,7 @@ def bench_models(
     return table, {"peak_gflop_s": peak, "peak_threads": int(rows[0]["threads"]), "peak_matmul": PEAK_MATMUL_SIZE}
 
 
-def bench_processes(models: tuple[str, ...] = ("capsules-small",), *, processes: int = 2, steps: int = 3,
+def bench_processes(models: tuple[str, ...] = ("capsules-small",), *, processes: int = 2, steps: int = 5,
                     warmup: int = 3, train_batch: int = 32, infer_batch: int = 128) -> pd.DataFrame:
     """One process on ``processes`` threads against ``processes`` one-thread processes side by side
     (default recipe, fast routing): does one process use the cores as well as several do?

@@ -53,7 +53,7 @@ def bench() -> None:
 @bench.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of markdown tables.")
 @click.option("--quick", is_flag=True, help="One warm-up and one timed step per measurement, a smaller straightforward run.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Timed steps per measurement (default 3; 1 with --quick).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Timed steps per measurement, their median taken (default 5; 1 with --quick).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's choice).")
 @click.option("--compile", "use_compile", is_flag=True, help="Run the fast models through torch.compile (optional path; slow to start).")
 @click.option("--side-by-side/--no-side-by-side", default=True, show_default=True,
@@ -71,7 +71,7 @@ def models(as_json: bool, quick: bool, steps: int | None, threads: int | None, u
     from capsrobust.bench import bench_models, bench_processes, bench_routing
     from capsrobust.reporting.bench import bench_models_record, bench_models_text, write_bench_models
 
-    steps = steps or (1 if quick else 3)
+    steps = steps or (1 if quick else 5)
     warmup = 1 if quick else 3
     model_table, machine = bench_models(
         steps=steps, warmup=warmup, train_batch=train_batch, infer_batch=infer_batch,
