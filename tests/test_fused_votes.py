@@ -77,7 +77,7 @@ def test_vote_backward_matches_autograd_through_the_votes_for_more_pairs_than_on
 
     M = patches.detach().float().reshape(tiles, slots, 16).contiguous()
     Wt = vote_kernels.transforms_for_kernels(weight.detach().float())
-    cc = vote_kernels.centre(M, weight.detach().float())
+    cc = vote_kernels.centre(M, Wt, types)
     g_m, g_wt = vote_kernels.vote_backward(M, Wt, cc, [l.float() for l in left], [r.float() for r in right])
     torch.testing.assert_close(g_m.view(tiles, slots, 4, 4).double(), patches.grad, atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(vote_kernels.transforms_from_kernels(g_wt, types).double(), weight.grad,
@@ -159,7 +159,8 @@ def test_e_step_softmax_pieces_match_pytorch():
     tiles, slots, types = 6, 11, 5
     M = torch.randn(tiles, slots, 16, generator=gen)
     weight = torch.randn(slots, types, 4, 4, generator=gen)
-    Wt, cc = vote_kernels.transforms_for_kernels(weight), vote_kernels.centre(M, weight)
+    Wt = vote_kernels.transforms_for_kernels(weight)
+    cc = vote_kernels.centre(M, Wt, types)
     coeff, offset = torch.randn(tiles, types, 32, generator=gen), 30 * torch.randn(tiles, types, generator=gen)
     e, top, total = vote_kernels.e_step(M, Wt, cc, coeff, offset)
     z = vote_kernels.projections(M, Wt, cc, coeff) + offset.unsqueeze(-1)
@@ -167,3 +168,13 @@ def test_e_step_softmax_pieces_match_pytorch():
     torch.testing.assert_close(e, torch.exp(z - z.amax(1, keepdim=True)), atol=1e-6, rtol=2e-6)
     torch.testing.assert_close(total, e.sum(1))
     assert (e[z < top.unsqueeze(1) - 87] == 0).all() and e.max() == 1.0
+
+
+def test_centre_is_every_parents_mean_vote():
+    gen = torch.Generator().manual_seed(5)
+    tiles, slots, types = 4, 9, 6
+    M = torch.randn(tiles, slots, 16, generator=gen)
+    weight = torch.randn(slots, types, 4, 4, generator=gen)
+    votes = torch.einsum("birk,iokc->borc", M.view(tiles, slots, 4, 4), weight).reshape(tiles, types, 16) / slots
+    torch.testing.assert_close(vote_kernels.centre(M, vote_kernels.transforms_for_kernels(weight), types), votes,
+                               atol=1e-5, rtol=1e-5)

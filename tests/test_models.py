@@ -222,15 +222,3 @@ def test_a_first_forward_under_inference_mode_does_not_break_later_backward_pass
     model(images).sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
 
-
-@pytest.mark.parametrize("size, kernel, stride", [(14, 3, 2), (6, 3, 1), (7, 3, 2)])
-def test_conv_caps_patches_are_the_child_index_gather(size, kernel, stride):
-    """The strided-view patch extraction puts every child in the slot patch_child_index gives it."""
-    from capsrobust.models.layers import ConvCaps, patch_child_index
-
-    layer = ConvCaps(4, 3, kernel_size=kernel, stride=stride)
-    poses, acts = torch.randn(2, size, size, 4, 16), torch.rand(2, size, size, 4)
-    index = patch_child_index(size, size, 4, kernel, stride)
-    out = (size - kernel) // stride + 1
-    assert torch.equal(layer._patches(poses).reshape(2, out * out, -1, 16), poses.reshape(2, -1, 16)[:, index])
-    assert torch.equal(layer._patches(acts).reshape(2, out * out, -1), acts.reshape(2, -1)[:, index])

@@ -212,7 +212,7 @@ class FusedVotes:
         self.tiles = n * length
         self.M = patches.detach().reshape(self.tiles, slots, 16).contiguous()
         self.Wt = vote_kernels.transforms_for_kernels(weight.detach())  # (I, 4, lanes)
-        self.cc = vote_kernels.centre(self.M, weight.detach())  # (B, O, 16)
+        self.cc = vote_kernels.centre(self.M, self.Wt, types)  # (B, O, 16)
         self.centre = self.cc.view(n, length, types, 16)
 
     def _tiles(self, tensor: Tensor | None) -> Tensor | None:

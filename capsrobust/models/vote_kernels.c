@@ -132,6 +132,31 @@ static inline float exp_nonpositive(float x) {
     return below ? 0.0f : poly * scale;
 }
 
+/* cc[b, o] = (1 / I) sum_i M[b, i] W[i, o]: every parent's mean vote, the centre the other kernels
+ * subtract (B, O, 16). */
+void cr_centre(const float *M, const float *Wt, float *cc, int I, int O, int threads, long b0, long b1) {
+    const int ocp = padded(O);
+#pragma omp parallel num_threads(threads)
+    {
+    float rows[4 * MAX_OCP];
+    const float zero[4][LANES] = {{0}};
+#pragma omp for schedule(static)
+    for (long b = b0; b < b1; ++b) {
+        for (int jb = 0; jb < ocp; jb += LANES) {
+            float acc[4][LANES] = {{0}}, d[4][LANES];
+            for (int i = 0; i < I; ++i) {
+                votes_block(M + (b * I + i) * 16, Wt + (long)i * 4 * ocp + jb, ocp, zero, d);
+                for (int r = 0; r < 4; ++r)
+                    for (int l = 0; l < LANES; ++l) acc[r][l] += d[r][l];
+            }
+            for (int r = 0; r < 4; ++r)
+                for (int l = 0; l < LANES; ++l) rows[r * ocp + jb + l] = acc[r][l] / (float)I;
+        }
+        from_rows(rows, cc + b * 16 * O, O, ocp, 1);
+    }
+    }
+}
+
 /* Sums over the children of one tile, weights spread over the lanes (x: I rows of ocp):
  * rows[r][lane] = sum_i x d, rows[4 + r][lane] = sum_i x d^2, then written to S (O, 32). */
 static void sums_tile(const float *M, const float *Wt, const float *cc, const float *restrict x, float *S,

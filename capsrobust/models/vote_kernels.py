@@ -58,6 +58,7 @@ _f = ctypes.c_void_p
 _i = ctypes.c_int
 _l = ctypes.c_long
 _SIGNATURES = {  # every kernel ends in (I, O, threads, b0, b1)
+    "cr_centre": [_f] * 3 + [_i, _i, _i, _l, _l],
     "cr_wsums": [_f] * 10 + [_i, _i, _i, _l, _l],
     "cr_proj": [_f] * 6 + [_i, _i, _i, _l, _l],
     "cr_estep": [_f] * 9 + [_i, _i, _i, _l, _l],
@@ -209,17 +210,14 @@ def transforms_from_kernels(grad_wt: Tensor, types: int) -> Tensor:
     return grad_wt[:, :, : 4 * types].reshape(slots, 4, types, 4).permute(0, 2, 1, 3)
 
 
-def centre(M: Tensor, weight: Tensor) -> Tensor:
-    """cc (B, O, 16): the mean vote of every parent over its I children, M (B, I, 16), weight (I, O, 4, 4).
-
-    sum_i M[b, i] W[i, o] contracts (child, k) at once: one (B 4, I 4) @ (I 4, O 4) matrix product.
-    """
+def centre(M: Tensor, Wt: Tensor, types: int) -> Tensor:
+    """cc (B, O, 16): the mean vote of every parent over its I children, M (B, I, 16), Wt (I, 4, OCP)
+    (:func:`transforms_for_kernels`), O = ``types``."""
+    lib = library()
     tiles, slots, _ = M.shape
-    types = weight.shape[1]
-    lhs = M.view(tiles, slots, 4, 4).permute(0, 2, 1, 3).reshape(tiles * 4, slots * 4)  # [(b, r), (i, k)]
-    rhs = weight.permute(0, 2, 1, 3).reshape(slots * 4, types * 4)  # [(i, k), (o, c)]
-    means = (lhs @ rhs).div_(slots).view(tiles, 4, types, 4)
-    return means.permute(0, 2, 1, 3).reshape(tiles, types, 16).contiguous()
+    out = M.new_empty((tiles, types, 16))
+    _parallel(lib.cr_centre, tiles, lambda p: (_ptr(M), _ptr(Wt), _ptr(out), slots, types))
+    return out
 
 
 def _opt(tensor: Tensor | None) -> int | None:
