@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from capsrobust.errors import ConfigError
-from capsrobust.models import MODEL_NAMES, BaselineCNN, MatrixCapsNet, build_model, is_capsule_model, score_kind
+from capsrobust.models import (MODEL_NAMES, MODELS, BaselineCNN, MatrixCapsNet, build_model, is_capsule_model,
+                               score_kind)
 from capsrobust.models.capsnet import receptive_field_centres
 from capsrobust.models.layers import patch_child_index
 from capsrobust.models.routing_naive import naive_em_routing
@@ -75,6 +76,19 @@ def test_unknown_model_name_is_a_config_error_listing_valid_names():
         build_model("resnet")
     message = str(info.value)
     assert "\n" not in message and all(name in message for name in MODEL_NAMES)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_the_model_table_says_what_each_name_builds(name):
+    entry = MODELS[name]
+    model = build_model(name, in_channels=1)
+    assert type(model) is entry.cls and score_kind(model) == entry.kind
+    assert is_capsule_model(name) == (entry.kind == "activation") == isinstance(model, MatrixCapsNet)
+
+
+def test_model_names_are_the_tables_keys_and_unknown_names_are_no_capsule_nets():
+    assert MODEL_NAMES == tuple(MODELS) == ("capsules", "capsules-small", "cnn")
+    assert not is_capsule_model("resnet")
 
 
 def test_builders_accept_overrides():

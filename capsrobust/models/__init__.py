@@ -7,6 +7,7 @@ or CNN ``"logits"``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
@@ -16,10 +17,8 @@ from capsrobust.models.capsnet import MatrixCapsNet
 from capsrobust.models.cnn import BaselineCNN
 from capsrobust.models.routing import em_routing
 
-__all__ = ["MODEL_NAMES", "BaselineCNN", "MatrixCapsNet", "build_model", "capsules", "capsules_small", "cnn",
-           "em_routing", "is_capsule_model", "score_kind"]
-
-MODEL_NAMES = ("capsules", "capsules-small", "cnn")
+__all__ = ["MODELS", "MODEL_NAMES", "BaselineCNN", "MatrixCapsNet", "ModelEntry", "build_model", "capsules",
+           "capsules_small", "cnn", "em_routing", "is_capsule_model", "score_kind"]
 
 
 def capsules(*, in_channels: int = 2, **overrides: Any) -> MatrixCapsNet:
@@ -41,12 +40,28 @@ def cnn(*, in_channels: int = 2, **overrides: Any) -> BaselineCNN:
     return BaselineCNN(in_channels, **overrides)
 
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "capsules": capsules,
-    "capsules-small": capsules_small,
-    "cnn": cnn,
+@dataclass(frozen=True)
+class ModelEntry:
+    """One buildable model: its builder (keyword-only options, see each builder) and the class it returns.
+
+    ``kind`` is the class's ``score_kind``: ``"activation"`` (capsule nets) or ``"logits"`` (the CNN).
+    """
+
+    builder: Callable[..., nn.Module]
+    cls: type[nn.Module]
+
+    @property
+    def kind(self) -> str:
+        return getattr(self.cls, "score_kind", "logits")
+
+
+#: The models by name: the one table; :data:`MODEL_NAMES` and every fact about a name derive from it.
+MODELS: dict[str, ModelEntry] = {
+    "capsules": ModelEntry(capsules, MatrixCapsNet),
+    "capsules-small": ModelEntry(capsules_small, MatrixCapsNet),
+    "cnn": ModelEntry(cnn, BaselineCNN),
 }
-_CLASSES: dict[str, type[nn.Module]] = {"capsules": MatrixCapsNet, "capsules-small": MatrixCapsNet, "cnn": BaselineCNN}
+MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
 
 
 def score_kind(model: nn.Module) -> str:
@@ -60,14 +75,12 @@ def is_capsule_model(model: str | nn.Module) -> bool:
     are activations (spread loss, vote attack, routing options). The one test of a model's kind; never
     compare names."""
     if isinstance(model, str):
-        return getattr(_CLASSES.get(model), "score_kind", None) == "activation"
+        return model in MODELS and MODELS[model].kind == "activation"
     return score_kind(model) == "activation"
 
 
 def build_model(name: str, in_channels: int = 2, **overrides: Any) -> nn.Module:
     """Build a model by name (one of :data:`MODEL_NAMES`); ``overrides`` go to its builder."""
-    try:
-        builder = _BUILDERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}") from None
-    return builder(in_channels=in_channels, **overrides)
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    return MODELS[name].builder(in_channels=in_channels, **overrides)
