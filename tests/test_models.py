@@ -236,3 +236,38 @@ def test_a_first_forward_under_inference_mode_does_not_break_later_backward_pass
     model(images).sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
 
+
+
+def _final_logit_offset(beta_parametrisation: str, cost_normalisation: str) -> tuple[float, float]:
+    """(F, the offset lambda_final * beta_a the routing of a ConvCaps layer (2 -> 2 types, 3x3 kernel) gets)."""
+    from capsrobust.models.layers import ConvCaps, cost_factor
+    from capsrobust.models.routing import inverse_temperatures
+
+    seen = {}
+
+    def spy(votes, activations, beta_u, beta_a, iterations, *, lambda_scale, schedule, **options):
+        seen["offset"] = inverse_temperatures(schedule, iterations, lambda_scale)[-1] * float(beta_a[0])
+        return naive_em_routing(votes, activations, beta_u, beta_a, iterations, lambda_scale=lambda_scale,
+                                schedule=schedule, **options)
+
+    layer = ConvCaps(2, 2, 3, 1, iterations=2, beta_parametrisation=beta_parametrisation,
+                     cost_normalisation=cost_normalisation, routing=spy)
+    with torch.no_grad():
+        layer.beta_a.fill_(-0.5)
+        layer(torch.rand(1, 4, 4, 2, 16), torch.rand(1, 4, 4, 2))
+    return cost_factor(cost_normalisation, 2, 3 * 3 * 2), seen["offset"]
+
+
+@pytest.mark.parametrize("betas", ["direct", "official"])
+def test_ibm_cost_normalisation_scales_lambda_so_direct_and_official_offsets_grow_by_its_factor(betas):
+    """cost_normalisation="ibm" multiplies lambda by F and nothing else: logit = F lambda (beta_a - cost)."""
+    factor, scaled = _final_logit_offset(betas, "ibm")
+    _, plain = _final_logit_offset(betas, "none")
+    assert factor == pytest.approx(100 * 2 / 18)
+    assert scaled == pytest.approx(factor * plain, rel=1e-6) and abs(scaled) > 10 * abs(plain)
+
+
+def test_ibm_cost_normalisation_leaves_the_logit_betas_offset_at_the_parameter():
+    _, scaled = _final_logit_offset("logit", "ibm")
+    _, plain = _final_logit_offset("logit", "none")
+    assert scaled == pytest.approx(-0.5, rel=1e-6) and plain == pytest.approx(-0.5, rel=1e-6)

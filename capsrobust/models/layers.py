@@ -80,18 +80,26 @@ def routing_betas(beta_u: Tensor, beta_a: Tensor, kind: str, final_lambda: float
 
 #: How a layer's EM cost is scaled (``cost_normalisation``):
 #: ``"none"`` -- the official code: logit a_j = lambda (beta_a - cost_j), the class layer at lambda / 4.
-#: ``"ibm"`` -- Gritzman's re-implementation (IBM/matrix-capsules-with-em-routing, em_routing.py):
-#: the cost is multiplied by 100 O / I (O parent types, I children per patch), so every layer sees
-#: a similar amount of evidence per parent (capsules-small: x22 and x11 in the ConvCaps layers, x2
-#: in the class layer, which then drops the official 1/4). Written as Procedure 1 this is lambda
-#: multiplied by the same factor and beta_a divided by it, so use it with ``beta_parametrisation``
-#: ``"logit"`` (or ``"official"``), where the offset stays learnable.
+#: ``"ibm"`` -- after Gritzman's re-implementation (IBM/matrix-capsules-with-em-routing, em_routing.py),
+#: which multiplies the cost by F = 100 O / I (O parent types, I children per patch) so every layer
+#: sees a similar amount of evidence per parent (capsules-small: F = 22 and 11 in the ConvCaps layers,
+#: 2 in the class layer, which then drops the official 1/4). What the code does: it multiplies the
+#: layer's lambda by F and nothing else, so logit a_j = F lambda (beta_a - cost_j) -- the cost *and*
+#: the offset beta_a are scaled by F. IBM's form, F lambda cost_j with the offset unscaled, is what
+#: ``beta_parametrisation`` ``"logit"`` gives (its beta_a is the parameter divided by the final
+#: lambda, F included, so the final logit's offset is the parameter whatever F is). With ``"direct"``
+#: or ``"official"`` betas the offset is F times larger (official b_a = 0.5: -2500 F lambda, not
+#: -2500 lambda), which starts activations near zero. Kept as is: trained checkpoints depend on it.
 COST_NORMALISATIONS: tuple[str, ...] = ("none", "ibm")
 _IBM_COST_SCALE = 100.0
 
 
 def cost_factor(kind: str, parent_types: int, children_per_patch: int) -> float:
-    """The factor on a layer's inverse temperature that ``cost_normalisation`` = ``kind`` applies."""
+    """The factor F on a layer's inverse temperature that ``cost_normalisation`` = ``kind`` applies.
+
+    The layer multiplies its lambda by F and leaves the betas alone: logit a_j = F lambda (beta_a - cost_j),
+    so beta_a is scaled with the cost unless the betas are ``"logit"`` (see :data:`COST_NORMALISATIONS`).
+    """
     if kind == "none":
         return 1.0
     if kind == "ibm":
