@@ -21,13 +21,13 @@ PACKAGES = {"capsrobust": ROOT / "capsrobust", "capsrobust_cli": ROOT / "cli"}
 
 #: Bottom to top. "shared" holds leaf utilities every layer may use (errors, paths, atomic files,
 #: provenance records, malloc settings, the paper's published numbers, progress output); they import
-#: no other layer.
+#: no other layer. Each shared module is listed by name in :data:`LAYER_OF`: none is shared by default.
 LAYERS = ("shared", "data", "models", "training", "evaluation", "experiments", "reporting", "cli")
 
-#: Module (or package prefix) -> layer; the longest matching prefix wins. A new module must be
-#: placed here, on purpose.
+#: Module (or package prefix) -> layer; the longest matching prefix wins, except that a name in
+#: :data:`EXACT_ONLY` places that module alone. A new module must be placed here, on purpose.
 LAYER_OF = {
-    "capsrobust": "shared",  # the package's __init__ (version only)
+    "capsrobust": "shared",  # the package's __init__ (version only); not a prefix (EXACT_ONLY)
     "capsrobust.errors": "shared",
     "capsrobust.paths": "shared",
     "capsrobust.files": "shared",
@@ -42,6 +42,7 @@ LAYER_OF = {
     "capsrobust.distributed": "training",
     "capsrobust.checkpoints": "training",
     "capsrobust.training": "training",
+    "capsrobust.weight_average": "training",
     "capsrobust.attacks": "evaluation",
     "capsrobust.evaluation": "evaluation",
     "capsrobust.bench": "evaluation",
@@ -51,6 +52,10 @@ LAYER_OF = {
     "capsrobust.inspect_plots": "reporting",
     "capsrobust_cli": "cli",
 }
+
+#: Entries of :data:`LAYER_OF` that place only the module of that exact name, never the modules under
+#: it: the package root is shared, but a new top-level module ``capsrobust.x`` is unplaced until listed.
+EXACT_ONLY = frozenset({"capsrobust"})
 
 #: Imports allowed to break the order for now: importer -> the modules it may still import from a
 #: higher layer (None: any), each with the issue that removes it. Keep this list short and shrinking.
@@ -85,10 +90,14 @@ MODULES = _modules()
 
 
 def layer_of(module: str) -> str | None:
-    """The layer of a capsrobust module, by the longest prefix in :data:`LAYER_OF` (None: unplaced)."""
+    """The layer of a capsrobust module, by the longest prefix in :data:`LAYER_OF` (an :data:`EXACT_ONLY`
+    entry only for itself); None: unplaced."""
     parts = module.split(".")
     for end in range(len(parts), 0, -1):
-        layer = LAYER_OF.get(".".join(parts[:end]))
+        prefix = ".".join(parts[:end])
+        if prefix in EXACT_ONLY and end < len(parts):
+            continue
+        layer = LAYER_OF.get(prefix)
         if layer is not None:
             return layer
     return None
@@ -121,6 +130,15 @@ def _ours(name: str) -> bool:
 def test_every_module_has_a_layer() -> None:
     unplaced = [m for m in MODULES if layer_of(m) is None]
     assert not unplaced, f"place these modules in a layer (tests/test_layers.py LAYER_OF): {unplaced}"
+
+
+def test_an_unlisted_top_level_module_is_not_shared() -> None:
+    """Shared is a list of modules, not a catch-all: the package root places nothing but itself."""
+    assert layer_of("capsrobust") == "shared" and layer_of("capsrobust.errors") == "shared"
+    assert layer_of("capsrobust.new_helper") is None
+    assert layer_of("capsrobust.models.new_layer") == "models" and layer_of("capsrobust_cli.new") == "cli"
+    shared = sorted(m for m in MODULES if layer_of(m) == "shared")
+    assert shared == sorted(m for m, layer in LAYER_OF.items() if layer == "shared")
 
 
 def test_no_import_runs_back_up_a_layer() -> None:
@@ -240,15 +258,45 @@ def test_cli_writer_exceptions_are_still_needed() -> None:
 MODEL_NAMES = ("capsules", "capsules-small", "cnn")
 
 
+#: Module or package -> {code as ``ast.unparse`` writes it: why it may still use a model name that way};
+#: a package's entry covers the modules under it. Each entry is temporary and must be reasoned;
+#: :func:`test_name_test_exceptions_are_still_needed` flags stale ones.
+NAME_TEST_EXCEPTIONS: dict[str, dict[str, str]] = {
+    # The matched pair's stage record (match-seed*.json) keys its two members by role, "capsules" and
+    # "cnn", whatever the capsule model's name (capsules-small); the keys coincide with model names and
+    # decide no model's kind. To be replaced by role constants by the owner of the study modules (the
+    # record format on disk stays).
+    "capsrobust.experiments.study": {
+        "pair['capsules']": "role key of the matched pair's stage record, not a model name",
+        "pair['cnn']": "role key of the matched pair's stage record, not a model name"},
+    "capsrobust.reporting.study": {
+        "p['capsules']": "role key of the matched pair's stage record, not a model name",
+        "p['cnn']": "role key of the matched pair's stage record, not a model name"},
+}
+
+
+def _name_test_exceptions(module: str) -> set[str]:
+    """The excepted code of ``module``: its own entry's and those of the packages above it."""
+    return {code for owner, allowed in NAME_TEST_EXCEPTIONS.items()
+            if module == owner or module.startswith(owner + ".") for code in allowed}
+
+
+def _is_model_name(node: ast.AST) -> bool:
+    """A model-name literal, or a tuple/list/set holding one."""
+    elements = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return any(isinstance(e, ast.Constant) and e.value in MODEL_NAMES for e in elements)
+
+
 def _name_tests(tree: ast.AST) -> list[tuple[int, str]]:
-    """(line, code) of comparisons with a model name and of ``.startswith("caps...")`` / ``("cnn...")``."""
+    """(line, code) of comparisons with a model name, of subscripts by one (``per_seed["cnn"]``) and of
+    ``.startswith("caps...")`` / ``("cnn...")``."""
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Compare):
-            operands = [node.left, *node.comparators]
-            constants = [e for o in operands for e in (o.elts if isinstance(o, (ast.Tuple, ast.List, ast.Set)) else [o])]
-            if any(isinstance(c, ast.Constant) and c.value in MODEL_NAMES for c in constants):
+            if any(_is_model_name(o) for o in [node.left, *node.comparators]):
                 found.append((node.lineno, ast.unparse(node)))
+        elif isinstance(node, ast.Subscript) and _is_model_name(node.slice):
+            found.append((node.lineno, ast.unparse(node)))
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
               and node.func.attr in ("startswith", "endswith") and node.args
               and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith(("caps", "cnn"))):
@@ -259,13 +307,27 @@ def _name_tests(tree: ast.AST) -> list[tuple[int, str]]:
 def test_model_kind_is_never_decided_by_comparing_names() -> None:
     """capsrobust.models.is_capsule_model (a model's ``score_kind``) decides; a name is only a name."""
     offenders = [f"{path.relative_to(ROOT)}:{line}: {code}" for module, path in MODULES.items()
-                 for line, code in _name_tests(ast.parse(path.read_text()))]
-    assert not offenders, "use capsrobust.models.is_capsule_model(model or name):\n" + "\n".join(offenders)
+                 for line, code in _name_tests(ast.parse(path.read_text()))
+                 if code not in _name_test_exceptions(module)]
+    assert not offenders, ("use capsrobust.models.is_capsule_model(model or name), or key by something that is "
+                           "not a model name:\n" + "\n".join(offenders))
 
 
 def test_a_name_test_is_caught() -> None:
-    source = 'if config.model == "cnn":\n    pass\nok = name.startswith("capsules")\nx = m in ("cnn",)\n'
-    assert [line for line, _ in _name_tests(ast.parse(source))] == [1, 3, 4]
+    source = ('if config.model == "cnn":\n    pass\nok = name.startswith("capsules")\nx = m in ("cnn",)\n'
+              'error = per_seed["cnn"]\ny = x["capsules-small"][0]\n'
+              # not name tests: a model's own name as a value, a key that is no model name
+              'build_model("cnn")\nrow["model"]\n')
+    assert [line for line, _ in _name_tests(ast.parse(source))] == [1, 3, 4, 5, 6]
+
+
+def test_name_test_exceptions_are_still_needed() -> None:
+    for owner, allowed in NAME_TEST_EXCEPTIONS.items():
+        covered = [m for m in MODULES if m == owner or m.startswith(owner + ".")]
+        assert covered, f"{owner} is no module or package of ours; remove its exception"
+        found = {code for m in covered for _, code in _name_tests(ast.parse(MODULES[m].read_text()))}
+        assert set(allowed) <= found, f"{owner} no longer uses {set(allowed) - found}; remove the exception"
+        assert all(reason.strip() for reason in allowed.values()), f"{owner}: give each exception its reason"
 
 
 @pytest.mark.parametrize("source, expected", [
