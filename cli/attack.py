@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from capsrobust.attacks import ATTACK_NAMES, LOSS_NAMES, parse_attack_spec, parse_attack_specs, parse_eps
+from capsrobust.attacks import ATTACK_NAMES, LOSS_NAMES, attack_info, parse_attack_spec, parse_attack_specs, parse_eps
 from capsrobust.errors import ConfigError
 
 ATTACK_HELP = f"""\
@@ -138,7 +138,7 @@ def attack(attack_list: str, eps_text: str, targeted: bool, models_text: str | N
         raise ConfigError(f"--out {out} is a file; pass a directory")
 
     started = time.monotonic()
-    pair = any(parse_attack_spec(a).name == "transfer" for a in attacks)
+    pair = any(attack_info(parse_attack_spec(a).name).needs_pair for a in attacks)
     setup = load_attack_setup(paths, data_dir, n=n, seed=seed, device=_device(), pair=pair)
     check_models(setup.models, config)
     click.echo(f"{setup.dataset}: {len(setup.labels)} test images; models: "

@@ -14,11 +14,14 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+import torchattacks
 from click.testing import CliRunner
 from torch import nn
 
-from capsrobust.attacks import (ATTACK_NAMES, TARGETED_OK, ScoreModel, SignGradientAttack, attack_loss, build_attack,
-                                parse_attack_spec, parse_eps, set_target)
+from capsrobust.attacks import (ATTACK_LOSSES, ATTACK_NAMES, ATTACKS, BLACK_BOX, RANDOM_START, RESTARTABLE, SIGN_GRADIENT,
+                                TARGETED_OK, WHITE_BOX, AttackSpec, NoiseAttack, ScoreModel, SignGradientAttack,
+                                TransferAttack, attack_info, attack_loss, build_attack, parse_attack_spec, parse_eps,
+                                set_target)
 from capsrobust.checkpoints import load_checkpoint, save_checkpoint
 from capsrobust.errors import ConfigError
 from capsrobust.evaluation.attack_data import SHIPPED_DEFAULTS, ShippedPair, default_checkpoints, sample_test_images
@@ -422,12 +425,63 @@ def test_attack_specs_carry_steps_and_restarts(text: str, expected: tuple):
 
 
 @pytest.mark.parametrize("text,fragment", [("pgdx", "unknown attack 'pgdx'"), ("fgsm:5", "fgsm takes one step"),
-                                           ("bim:3x2", "only pgd, vote, apgd take restarts"),
+                                           ("bim:3x2", "only pgd, apgd, vote take restarts"),
                                            ("pgd:0", "at least 1"), ("pgd:5:x", "not NAME[:STEPS[xRESTARTS]]")])
 def test_bad_attack_specs_are_refused_naming_the_problem(text: str, fragment: str):
     with pytest.raises(ConfigError) as info:
         parse_attack_spec(text)
     assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_name_lists_are_views_of_the_attack_table():
+    assert ATTACK_NAMES == tuple(ATTACKS) == ("fgsm", "bim", "pgd", "apgd", "square", "autoattack", "vote", "transfer",
+                                              "noise")
+    assert all(name == info.name for name, info in ATTACKS.items())
+    # The sets the parallel lists held before the table, pinned.
+    assert WHITE_BOX == ("fgsm", "bim", "pgd", "apgd", "autoattack")
+    assert BLACK_BOX == ("square", "transfer", "noise")
+    assert SIGN_GRADIENT == ("fgsm", "bim", "pgd", "vote")
+    assert set(RANDOM_START) == {"pgd", "vote", "apgd", "square", "autoattack", "noise"}
+    assert set(RESTARTABLE) == {"pgd", "vote", "apgd"}
+    assert set(TARGETED_OK) == {"fgsm", "bim", "pgd", "vote", "square", "transfer"}
+    assert ATTACK_LOSSES == {"apgd": ("ce", "dlr"), "square": ("ce", "margin"), "autoattack": ("ce",)}
+
+
+def test_the_attack_table_holds_the_facts_the_sweep_acts_on():
+    assert [n for n, a in ATTACKS.items() if a.needs_pair] == ["transfer"]
+    assert [n for n, a in ATTACKS.items() if a.capsule_only] == ["vote"]
+    assert {n: a.batch_factor for n, a in ATTACKS.items() if a.batch_factor != 1} == {"square": 4, "noise": 4}
+    assert [n for n, a in ATTACKS.items() if a.fixed_steps is not None] == ["fgsm"]
+    assert [n for n, a in ATTACKS.items() if a.shares_clean_gradient] == ["fgsm", "bim"]
+    assert [n for n, a in ATTACKS.items() if a.skips_broken] == ["fgsm", "bim", "pgd", "vote", "transfer"]
+    assert [n for n, a in ATTACKS.items() if a.gradient and a.searches] == ["bim", "pgd", "apgd", "autoattack", "vote"]
+    assert [n for n, a in ATTACKS.items() if a.noise_baseline] == ["noise"]
+
+
+@pytest.mark.parametrize("name,kind", [("fgsm", SignGradientAttack), ("bim", SignGradientAttack),
+                                       ("pgd", SignGradientAttack), ("apgd", torchattacks.APGD),
+                                       ("square", torchattacks.Square), ("autoattack", torchattacks.AutoAttack),
+                                       ("transfer", TransferAttack), ("noise", NoiseAttack)])
+def test_each_attack_is_built_by_its_table_row(name: str, kind: type):
+    target, source = TemplateCapsules(templates()), TemplateModel(templates(seed=3))
+    attack = build_attack(f"{name}:3" if name != "fgsm" else name, target, 0.1, steps=2, source_model=source)
+    assert isinstance(attack, kind)
+    steps = {"fgsm": 1, "square": None, "transfer": None, "noise": None, "autoattack": None}.get(name, 3)
+    if steps is not None:
+        assert attack.steps == steps
+    if name == "noise":
+        assert attack.draws == 3
+    if name == "square":
+        assert attack.n_queries == 300
+
+
+def test_an_unknown_attack_name_is_one_line_wherever_it_enters():
+    model = TemplateModel(templates())
+    for call in (lambda: attack_info("cw"), lambda: build_attack(AttackSpec("cw"), model, 0.1)):
+        with pytest.raises(ConfigError) as info:
+            call()
+        message = str(info.value)
+        assert "unknown attack 'cw'" in message and all(n in message for n in ATTACK_NAMES) and "\n" not in message
 
 
 def test_a_spec_runs_with_its_own_steps_next_to_the_default():

@@ -1,10 +1,11 @@
-"""Attacks by name: specs such as ``pgd:50x5``, :func:`build_attack`, targeted mode, transfer."""
+"""Attacks by name: the table :data:`ATTACKS`, specs such as ``pgd:50x5``, :func:`build_attack`, targeted mode,
+transfer and noise."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torchattacks
@@ -16,25 +17,189 @@ from capsrobust.attacks.sign_gradient import SignGradientAttack, bim, fgsm, pgd
 from capsrobust.attacks.vote import VoteAttack
 from capsrobust.errors import ConfigError
 
-__all__ = ["ATTACK_LOSSES", "ATTACK_NAMES", "BLACK_BOX", "MAX_EPS_VALUES", "RANDOM_START", "RESTARTABLE",
-           "SIGN_GRADIENT", "TARGETED_OK", "WHITE_BOX", "AttackSpec", "NoiseAttack", "TransferAttack", "build_attack",
-           "check_attack_loss", "check_eps", "parse_attack_spec", "parse_attack_specs", "parse_eps", "set_target"]
+__all__ = ["ATTACKS", "ATTACK_LOSSES", "ATTACK_NAMES", "BLACK_BOX", "FORWARD_ONLY_BATCH_FACTOR", "MAX_EPS_VALUES",
+           "RANDOM_START", "RESTARTABLE", "SIGN_GRADIENT", "TARGETED_OK", "WHITE_BOX", "AttackInfo", "AttackRequest",
+           "AttackSpec", "NoiseAttack", "TransferAttack", "attack_info", "build_attack", "check_attack_loss",
+           "check_eps",
+           "parse_attack_spec", "parse_attack_specs", "parse_eps", "set_target"]
 
-ATTACK_NAMES = ("fgsm", "bim", "pgd", "apgd", "square", "autoattack", "vote", "transfer", "noise")
+#: Square's and the noise attack's batch, in multiples of the model's: they need no backward pass.
+FORWARD_ONLY_BATCH_FACTOR = 4
+
+
+@dataclass(frozen=True)
+class AttackRequest:
+    """What :func:`build_attack` hands an attack's builder: the model (already a :class:`ScoreModel`),
+    the L∞ radius ``eps`` (pixel units), the loss, steps and restarts resolved from the spec, and the
+    options some attacks take (see :func:`build_attack`)."""
+
+    model: ScoreModel
+    eps: float
+    loss: str
+    steps: int
+    restarts: int
+    seed: int = 0
+    early_stop: bool = True
+    batch_size: int | None = None
+    source_model: nn.Module | None = None
+    n_classes: int = 5
+
+    def sign_options(self) -> dict:
+        """Options of :class:`SignGradientAttack`."""
+        return dict(early_stop=self.early_stop, batch_size=self.batch_size, seed=self.seed)
+
+
+def _build_fgsm(r: AttackRequest) -> Attack:
+    return fgsm(r.model, r.eps, loss=r.loss, **r.sign_options())
+
+
+def _build_bim(r: AttackRequest) -> Attack:
+    return bim(r.model, r.eps, r.steps, loss=r.loss, **r.sign_options())
+
+
+def _build_pgd(r: AttackRequest) -> Attack:
+    return pgd(r.model, r.eps, r.steps, r.restarts, loss=r.loss, **r.sign_options())
+
+
+def _build_vote(r: AttackRequest) -> Attack:
+    return VoteAttack(r.model, r.eps, r.steps, r.restarts, loss=r.loss, **r.sign_options())
+
+
+def _build_apgd(r: AttackRequest) -> Attack:
+    return torchattacks.APGD(r.model, norm="Linf", eps=r.eps, steps=r.steps, n_restarts=r.restarts, loss=r.loss,
+                             seed=r.seed)
+
+
+def _build_square(r: AttackRequest) -> Attack:
+    return torchattacks.Square(r.model, norm="Linf", eps=r.eps, n_queries=100 * r.steps, loss=r.loss, seed=r.seed)
+
+
+def _build_autoattack(r: AttackRequest) -> Attack:
+    auto = torchattacks.AutoAttack(r.model, norm="Linf", eps=r.eps, version="standard", n_classes=r.n_classes,
+                                   seed=r.seed)
+    for sub in auto._autoattack.attacks:
+        if not isinstance(sub, torchattacks.Square):
+            sub.steps = r.steps
+    return auto
+
+
+def _build_transfer(r: AttackRequest) -> Attack:
+    if r.source_model is None:
+        raise ConfigError("transfer needs a source model (the other model of the pair)")
+    source = r.source_model if isinstance(r.source_model, ScoreModel) else ScoreModel(r.source_model)
+    crafted = pgd(source, r.eps, r.steps, 1, loss=r.loss, keep="last", early_stop=False, batch_size=r.batch_size,
+                  seed=r.seed)
+    return TransferAttack(r.model, crafted)
+
+
+def _build_noise(r: AttackRequest) -> Attack:
+    return NoiseAttack(r.model, r.eps, r.steps, seed=r.seed)
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    """Everything the toolkit knows about one attack by name: how to build it and the facts that
+    parsing, the sweep and its sanity checks act on. One row of :data:`ATTACKS`.
+
+    - ``builder``: :class:`AttackRequest` → torchattacks ``Attack``.
+    - ``white_box``: a gradient attack on the evaluated model's own scores -- the *headline* attacks
+      a robustness number rests on; the others challenge them (the checks' "<= white-box").
+    - ``gradient``: uses the evaluated model's gradients (the vote attack: those of its votes);
+      the attacks without are the black-box ones.
+    - ``searches``: an iterative search on the evaluated model, so its success must be monotone in
+      eps (a drop is a flawed attack) and doubling its budget tests convergence where it is a gradient one.
+    - ``targeted``: has a targeted mode here (APGD and AutoAttack are untargeted in torchattacks 3.5.1).
+    - ``losses``: the losses it accepts; None: every loss in :data:`~capsrobust.attacks.scores.LOSS_NAMES`.
+    - ``restartable``: takes ``xR`` random restarts in its spec.
+    - ``needs_pair``: crafted on the other model of a pair (transfer).
+    - ``capsule_only``: runs on capsule nets only (the vote attack needs class votes).
+    - ``batch_factor``: its batch in multiples of the model's (forward-only attacks take larger ones).
+    - ``sign_gradient``: run by :class:`SignGradientAttack` (per-image early stopping, shared clean gradients).
+    - ``random_start``: starts from a random point in the ball.
+    - ``skips_broken``: with the sweep's savings, examples the model already gets wrong are not attacked.
+    - ``fixed_steps``: the only number of steps it takes (fgsm: one), else None.
+    - ``noise_baseline``: random noise, the baseline every attack must beat.
+    """
+
+    name: str
+    builder: Callable[[AttackRequest], Attack]
+    white_box: bool
+    gradient: bool
+    searches: bool
+    targeted: bool
+    losses: tuple[str, ...] | None = None
+    restartable: bool = False
+    needs_pair: bool = False
+    capsule_only: bool = False
+    batch_factor: int = 1
+    sign_gradient: bool = False
+    random_start: bool = False
+    skips_broken: bool = False
+    fixed_steps: int | None = None
+    noise_baseline: bool = False
+
+    @property
+    def shares_clean_gradient(self) -> bool:
+        """Whether its first gradient is the loss gradient at the clean image (no random start), the same
+        at every eps, so a sweep computes it once."""
+        return self.sign_gradient and not self.random_start
+
+
+def _table(*rows: AttackInfo) -> dict[str, AttackInfo]:
+    return {row.name: row for row in rows}
+
+
+#: The attacks by name, in the order they are listed: the one table every name list and fact derives from.
+ATTACKS: dict[str, AttackInfo] = _table(
+    AttackInfo("fgsm", _build_fgsm, white_box=True, gradient=True, searches=False, targeted=True,
+               sign_gradient=True, skips_broken=True, fixed_steps=1),
+    AttackInfo("bim", _build_bim, white_box=True, gradient=True, searches=True, targeted=True,
+               sign_gradient=True, skips_broken=True),
+    AttackInfo("pgd", _build_pgd, white_box=True, gradient=True, searches=True, targeted=True, restartable=True,
+               sign_gradient=True, random_start=True, skips_broken=True),
+    AttackInfo("apgd", _build_apgd, white_box=True, gradient=True, searches=True, targeted=False,
+               losses=("ce", "dlr"), restartable=True, random_start=True),
+    AttackInfo("square", _build_square, white_box=False, gradient=False, searches=True, targeted=True,
+               losses=("ce", "margin"), batch_factor=FORWARD_ONLY_BATCH_FACTOR, random_start=True),
+    AttackInfo("autoattack", _build_autoattack, white_box=True, gradient=True, searches=True, targeted=False,
+               losses=("ce",), random_start=True),
+    AttackInfo("vote", _build_vote, white_box=False, gradient=True, searches=True, targeted=True, restartable=True,
+               capsule_only=True, sign_gradient=True, random_start=True, skips_broken=True),
+    AttackInfo("transfer", _build_transfer, white_box=False, gradient=False, searches=False, targeted=True,
+               needs_pair=True, skips_broken=True),
+    AttackInfo("noise", _build_noise, white_box=False, gradient=False, searches=False, targeted=False,
+               batch_factor=FORWARD_ONLY_BATCH_FACTOR, random_start=True, noise_baseline=True),
+)
+
+
+def attack_info(name: str) -> AttackInfo:
+    """The row of :data:`ATTACKS` for an attack name (``pgd``, not ``pgd:50x5``); one-line :class:`ConfigError`
+    listing the valid names for any other."""
+    if name not in ATTACKS:
+        raise ConfigError(f"unknown attack {name!r}; valid attacks: {', '.join(ATTACKS)} "
+                          "(or a comma-separated list such as fgsm,bim; pgd:50x5 = 50 steps, 5 restarts)")
+    return ATTACKS[name]
+
+
+def _names(fact: Callable[[AttackInfo], bool]) -> tuple[str, ...]:
+    return tuple(name for name, info in ATTACKS.items() if fact(info))
+
+
+ATTACK_NAMES = tuple(ATTACKS)
 #: Gradient attacks on the evaluated model's own scores: what a robustness number usually rests on.
-WHITE_BOX = ("fgsm", "bim", "pgd", "apgd", "autoattack")
+WHITE_BOX = _names(lambda a: a.white_box)
 #: Attacks whose strength tests the white-box ones (gradient-free; crafted elsewhere; random noise).
-BLACK_BOX = ("square", "transfer", "noise")
+BLACK_BOX = _names(lambda a: not a.gradient)
 #: Run by :class:`SignGradientAttack` (per-image early stopping, shared clean gradients).
-SIGN_GRADIENT = ("fgsm", "bim", "pgd", "vote")
+SIGN_GRADIENT = _names(lambda a: a.sign_gradient)
 #: Attacks that start from a random point.
-RANDOM_START = ("pgd", "vote", "apgd", "square", "autoattack", "noise")
+RANDOM_START = _names(lambda a: a.random_start)
 #: Attacks that take ``xR`` restarts in their spec.
-RESTARTABLE = ("pgd", "vote", "apgd")
+RESTARTABLE = _names(lambda a: a.restartable)
 #: Attacks with a targeted mode here (APGD and AutoAttack are untargeted in torchattacks 3.5.1).
-TARGETED_OK = ("fgsm", "bim", "pgd", "vote", "square", "transfer")
+TARGETED_OK = _names(lambda a: a.targeted)
 #: Losses each attack accepts (the others take every loss in LOSS_NAMES).
-ATTACK_LOSSES = {"apgd": ("ce", "dlr"), "square": ("ce", "margin"), "autoattack": ("ce",)}
+ATTACK_LOSSES = {name: info.losses for name, info in ATTACKS.items() if info.losses is not None}
 
 #: A sweep longer than this is almost certainly a typo (0:0.3:0.0002).
 MAX_EPS_VALUES = 200
@@ -66,18 +231,17 @@ def parse_attack_spec(text: str) -> AttackSpec:
     label = text.strip().lower()
     match = _SPEC.match(label)
     name = match.group("name") if match else label.split(":")[0]
-    if name not in ATTACK_NAMES:
-        raise ConfigError(f"unknown attack {name!r}; valid attacks: {', '.join(ATTACK_NAMES)} "
-                          "(or a comma-separated list such as fgsm,bim; pgd:50x5 = 50 steps, 5 restarts)")
+    info = attack_info(name)
     if match is None:
         raise ConfigError(f"attack {text.strip()!r} is not NAME[:STEPS[xRESTARTS]], e.g. pgd:50x5")
     steps = None if match.group("steps") is None else int(match.group("steps"))
     restarts = 1 if match.group("restarts") is None else int(match.group("restarts"))
-    if name == "fgsm" and steps is not None:
-        raise ConfigError(f"fgsm takes one step; write fgsm, not {label}")
+    if info.fixed_steps is not None and steps is not None:
+        count = "one step" if info.fixed_steps == 1 else f"{info.fixed_steps} steps"
+        raise ConfigError(f"{name} takes {count}; write {name}, not {label}")
     if steps is not None and steps < 1 or restarts < 1:
         raise ConfigError(f"attack {label}: steps and restarts must be at least 1")
-    if match.group("restarts") is not None and name not in RESTARTABLE:
+    if match.group("restarts") is not None and not info.restartable:
         raise ConfigError(f"attack {label}: only {', '.join(RESTARTABLE)} take restarts (xR)")
     return AttackSpec(name, steps, restarts, label)
 
@@ -95,9 +259,9 @@ def parse_attack_specs(attacks: Iterable[str]) -> list[AttackSpec]:
 
 def check_attack_loss(attack: str, loss: str) -> None:
     """The one rule for ``--loss``: a name in :data:`~capsrobust.attacks.scores.LOSS_NAMES` that ``attack``
-    (a name in :data:`ATTACK_NAMES`) accepts (:data:`ATTACK_LOSSES`); else a one-line :class:`ConfigError`."""
+    (a name in :data:`ATTACK_NAMES`) accepts (its :attr:`AttackInfo.losses`); else a one-line :class:`ConfigError`."""
     check_loss_name(loss)
-    allowed = ATTACK_LOSSES.get(attack)
+    allowed = attack_info(attack).losses
     if allowed and loss not in allowed:
         raise ConfigError(f"{attack} supports --loss {' or '.join(allowed)}, not {loss!r}")
 
@@ -267,30 +431,6 @@ def build_attack(
     if steps < 1 or restarts < 1:
         raise ConfigError(f"--steps and restarts must be at least 1, got {steps} and {restarts}")
     wrapped = model if isinstance(model, ScoreModel) else ScoreModel(model, score)
-    options = dict(early_stop=early_stop, batch_size=batch_size, seed=seed)
-    if spec.name == "fgsm":
-        return fgsm(wrapped, eps, loss=loss, **options)
-    if spec.name == "bim":
-        return bim(wrapped, eps, steps, loss=loss, **options)
-    if spec.name == "pgd":
-        return pgd(wrapped, eps, steps, restarts, loss=loss, **options)
-    if spec.name == "vote":
-        return VoteAttack(wrapped, eps, steps, restarts, loss=loss, **options)
-    if spec.name == "transfer":
-        if source_model is None:
-            raise ConfigError("transfer needs a source model (the other model of the pair)")
-        source = source_model if isinstance(source_model, ScoreModel) else ScoreModel(source_model)
-        crafted = pgd(source, eps, steps, 1, loss=loss, keep="last", early_stop=False, batch_size=batch_size,
-                      seed=seed)
-        return TransferAttack(wrapped, crafted)
-    if spec.name == "noise":
-        return NoiseAttack(wrapped, eps, steps, seed=seed)
-    if spec.name == "apgd":
-        return torchattacks.APGD(wrapped, norm="Linf", eps=eps, steps=steps, n_restarts=restarts, loss=loss, seed=seed)
-    if spec.name == "square":
-        return torchattacks.Square(wrapped, norm="Linf", eps=eps, n_queries=100 * steps, loss=loss, seed=seed)
-    auto = torchattacks.AutoAttack(wrapped, norm="Linf", eps=eps, version="standard", n_classes=n_classes, seed=seed)
-    for sub in auto._autoattack.attacks:
-        if not isinstance(sub, torchattacks.Square):
-            sub.steps = steps
-    return auto
+    request = AttackRequest(wrapped, eps, loss, steps, restarts, seed=seed, early_stop=early_stop,
+                            batch_size=batch_size, source_model=source_model, n_classes=n_classes)
+    return attack_info(spec.name).builder(request)

@@ -51,7 +51,7 @@ computes (:func:`compare_savings` checks it; the tests prove it on tiny models):
    at 0.1" -- exactly what the monotonicity check would then no longer see.
 5. No autograd wherever no gradient is needed (clean and final predictions; ``no_grad``, as
    ``inference_mode`` would poison ConvCaps' lazily cached patch index), and batch sizes per model
-   (:func:`default_batch_size`; Square, forward-only, gets :data:`SQUARE_BATCH_FACTOR` times more).
+   (:func:`default_batch_size`; Square and noise, forward-only, get their ``batch_factor`` times more).
 
 Random starts are drawn once per model, per example and restart, and shared by every eps, attack
 and both paths, so PGD and the vote attack are as reproducible as BIM. What can still differ
@@ -72,9 +72,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from capsrobust.attacks import (BLACK_BOX, RESTARTABLE, SIGN_GRADIENT, TARGETED_OK, WHITE_BOX, AttackSpec, ScoreModel,
-                                SignGradientAttack, TransferAttack, build_attack, check_attack_loss, check_eps,
-                                check_votes, model_device, parse_attack_spec, parse_attack_specs, set_target)
+from capsrobust.attacks import (ATTACKS, TARGETED_OK, AttackInfo, AttackSpec, ScoreModel, SignGradientAttack,
+                                TransferAttack, attack_info, build_attack, check_attack_loss, check_eps, check_votes,
+                                model_device, parse_attack_specs, set_target)
 from capsrobust.errors import ConfigError
 from capsrobust.models import score_kind
 from capsrobust.models.preprocessing import STANDARDISE_EPS
@@ -99,11 +99,6 @@ COMPARE_TOLERANCE = 0.02
 CHANCE_EPS = 0.5
 #: At this eps the ball is the whole image space: the strongest attack must reach 100 %.
 UNBOUNDED_EPS = 1.0
-#: Gradient attacks on the evaluated model (the convergence check doubles one of them).
-GRADIENT_ATTACKS = ("bim", "pgd", "apgd", "autoattack", "vote")
-#: Attacks whose success must be monotone in eps (a drop FAILs): the iterative ones. FGSM, transfer
-#: and noise drops only WARN (see :func:`_monotone_checks`).
-MONOTONE_MUST = GRADIENT_ATTACKS + ("square",)
 #: Gradient check: FAIL when more than this fraction of input-gradient entries is exactly zero.
 MAX_ZERO_GRADIENT_FRACTION = 0.5
 MODES = ("untargeted", "targeted")
@@ -113,9 +108,6 @@ MODES = ("untargeted", "targeted")
 #: vote-sized temporaries were allocated); capsules 30/s at 4-16, 19 at 32; the CNN 1,100/s at
 #: 32, 1,300 at 128-256. Small batches also keep batches full as early stopping thins them out.
 DEFAULT_BATCH_SIZES = {"activation": 16, "logits": 128}
-#: Square's and the noise attack's batch, in multiples of the model's: they need no backward pass.
-SQUARE_BATCH_FACTOR = 4
-FORWARD_ONLY = ("square", "noise")
 #: What a cell measured (compared by :func:`compare_savings`) and what it cost (not compared).
 RESULT_COLUMNS = ["dataset", "model", "score", "loss", "attack", "steps", "restarts", "eps", "eps_std", "mode", "n",
                   "clean_error", "adversarial_error", "attack_success_rate", "success_rate_5class", "linf_mean",
@@ -177,7 +169,7 @@ class SweepConfig:
             if mode not in MODES:
                 raise ConfigError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
         if "targeted" in self.modes:
-            bad = [s.label for s in specs if s.name not in TARGETED_OK]
+            bad = [s.label for s in specs if not attack_info(s.name).targeted]
             if bad:
                 raise ConfigError(f"{', '.join(bad)} cannot run targeted here; targeted attacks: {', '.join(TARGETED_OK)}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -226,8 +218,8 @@ class _Outcome:
 
 
 def _applies(spec: AttackSpec, model: nn.Module) -> bool:
-    """Whether ``spec`` runs on ``model`` in a sweep (the vote attack needs capsule votes)."""
-    if spec.name != "vote":
+    """Whether ``spec`` runs on ``model`` in a sweep (a capsule-only attack, the vote attack, needs class votes)."""
+    if not attack_info(spec.name).capsule_only:
         return True
     try:
         check_votes(model)
@@ -282,7 +274,8 @@ class _ModelSweep:
         savings = config.savings
         if savings and eps == 0.0:
             return predictions.cpu(), linf, 0.0, 0.0
-        skip_broken = savings and spec.name in SIGN_GRADIENT + ("transfer",)
+        info = attack_info(spec.name)
+        skip_broken = savings and info.skips_broken
         index = torch.nonzero(~already if skip_broken else torch.ones_like(already))[:, 0]
         if len(index) == 0:
             return predictions.cpu(), linf, 0.0, 0.0
@@ -294,7 +287,7 @@ class _ModelSweep:
         gradient_images, forward_images = 0.0, 0.0
         if isinstance(attack, SignGradientAttack):
             start_gradient = None
-            if savings and spec.name in ("fgsm", "bim"):
+            if savings and info.shares_clean_gradient:
                 start_gradient, gradient_images = self._start_gradient(attack, target, index)
             noise = self.noise(attack.restarts)[:, index] if attack.random_start else None
             result = attack.perturb(images, labels, start_gradient=start_gradient, start_noise=noise)
@@ -309,7 +302,7 @@ class _ModelSweep:
         else:  # torchattacks' own (APGD, Square, AutoAttack) and random noise: cost not counted
             # Square and noise only run forward passes, one per query over the images still unbroken,
             # so a larger batch amortises the per-call cost (same batches in both paths).
-            size = SQUARE_BATCH_FACTOR * self.batch_size if spec.name in FORWARD_ONLY else self.batch_size
+            size = info.batch_factor * self.batch_size
             adversarial = _attack_batches(attack, images, labels, size)
             predicted = _predict(self.model, adversarial, self.batch_size)
             gradient_images = forward_images = float("nan")
@@ -380,10 +373,12 @@ def check_models(models: dict[str, nn.Module], config: SweepConfig) -> None:
     """One-line :class:`ConfigError` if the sweep cannot run on these models (transfer needs two; the
     vote attack a capsule net among them)."""
     specs = config.specs()
-    if any(s.name == "transfer" for s in specs) and len(models) != 2:
-        raise ConfigError("transfer needs exactly two models (adversarial examples crafted on the other one)")
-    if any(s.name == "vote" for s in specs) and not any(_applies(parse_attack_spec("vote"), m) for m in models.values()):
-        check_votes(next(iter(models.values())))  # raises the one-line reason
+    for spec in dict.fromkeys(s.name for s in specs):
+        info = attack_info(spec)
+        if info.needs_pair and len(models) != 2:
+            raise ConfigError(f"{spec} needs exactly two models (adversarial examples crafted on the other one)")
+        if info.capsule_only and not any(_applies(AttackSpec(spec), m) for m in models.values()):
+            check_votes(next(iter(models.values())))  # raises the one-line reason
 
 
 def robustness_sweep(models: dict[str, nn.Module], images: Tensor, labels: Tensor, config: SweepConfig,
@@ -429,7 +424,7 @@ def _sweep(models: dict[str, nn.Module], images: Tensor, labels: Tensor, config:
                     outcome = shared.cell(spec, eps, mode)
                     seconds = time.perf_counter() - started
                     outcomes.append(outcome)
-                    steps = 1 if spec.name == "fgsm" else spec.resolved_steps(config.steps)
+                    steps = attack_info(spec.name).fixed_steps or spec.resolved_steps(config.steps)
                     rows.append({**base, "attack": spec.label, "steps": steps, "restarts": spec.restarts, "eps": eps,
                                  "eps_std": eps / mean_std, "mode": mode, "seconds": seconds,
                                  **_summarise(outcome, labels_cpu, clean_correct, mode)})
@@ -530,6 +525,23 @@ def _base(label: str) -> str:
     return label.split(":")[0]
 
 
+def _is(label: str, fact: Callable[[AttackInfo], bool]) -> bool:
+    """Whether the attack behind row ``label`` has ``fact`` in :data:`~capsrobust.attacks.ATTACKS` (the
+    worst case has none)."""
+    info = ATTACKS.get(_base(label))
+    return info is not None and fact(info)
+
+
+def _single_step(info: AttackInfo) -> bool:
+    """One step of size eps (fgsm): it overshoots at large eps and is not asked to reach 100 %."""
+    return info.fixed_steps == 1
+
+
+def _gradient_search(info: AttackInfo) -> bool:
+    """A gradient attack that searches the evaluated model (the convergence check doubles one of them)."""
+    return info.gradient and info.searches
+
+
 def _metric(mode: str) -> str:
     """Strength of an attack: error for untargeted, 4-class success for targeted."""
     return "adversarial_error" if mode == "untargeted" else "attack_success_rate"
@@ -558,14 +570,17 @@ def _attacks_of(table: pd.DataFrame, model: str, mode: str) -> list[str]:
 def _iterative_checks(table: pd.DataFrame, model: str, mode: str, tol: float) -> list[dict]:
     attacks = _attacks_of(table, model, mode)
     name = "iterative >= single-step"
-    iterative = [a for a in attacks if _base(a) in ("bim", "pgd", "apgd", "autoattack")]
-    if "fgsm" not in attacks or not iterative:
-        return [_check(name, model, mode, "SKIP", "needs fgsm and an iterative attack in the sweep")]
+    iterative = [a for a in attacks if _is(a, lambda info: info.white_box and info.searches)]
+    single = next((a for a in attacks if _is(a, _single_step)), None)
+    if single is None or not iterative:
+        needed = " or ".join(n for n, info in ATTACKS.items() if _single_step(info))
+        return [_check(name, model, mode, "SKIP", f"needs {needed} and an iterative attack in the sweep")]
     rows = []
     for attack in iterative:
-        bad = _compare(_series(table, model, attack, mode), _series(table, model, "fgsm", mode), tol)
+        bad = _compare(_series(table, model, attack, mode), _series(table, model, single, mode), tol)
         rows.append(_check(name, model, mode, "FAIL" if bad else "PASS",
-                           f"{attack} vs fgsm" + (f": weaker at eps {bad}" if bad else f" at every eps (tol {tol:.3f})")))
+                           f"{attack} vs {single}"
+                           + (f": weaker at eps {bad}" if bad else f" at every eps (tol {tol:.3f})")))
     return rows
 
 
@@ -585,7 +600,7 @@ def _strongest_at(table: pd.DataFrame, model: str, mode: str, eps: float) -> lis
 def _monotone_checks(table: pd.DataFrame, model: str, mode: str, tol: float) -> list[dict]:
     """Success monotone in eps (eps-balls nest), per attack and for the worst case.
 
-    A drop FAILs for the per-example worst case and the iterative attacks (:data:`MONOTONE_MUST`): it
+    A drop FAILs for the per-example worst case and the attacks that search the model (``searches``): it
     means the attack is flawed, not the model (Carlini et al. 2019). FGSM's single eps-sized step
     overshoots at large eps, so its drop is a WARN -- a FAIL only where FGSM is the strongest attack at
     that eps (the headline would rest on it); transfer and noise drops are WARNs (they attack another
@@ -605,12 +620,12 @@ def _monotone_checks(table: pd.DataFrame, model: str, mode: str, tol: float) -> 
             continue
         figures = ", ".join(f"{e:g} ({prev:.3f} -> {cur:.3f})" for e, prev, cur in drops)
         detail = f"{attack}: drops at eps {figures}"
-        if attack == "worst-case" or _base(attack) in MONOTONE_MUST:
+        if attack == "worst-case" or _is(attack, lambda info: info.searches):
             status = "FAIL"
-        elif _base(attack) == "fgsm":
+        elif _is(attack, _single_step):
             strongest = [e for e, _, _ in drops if _strongest_at(table, model, mode, e) == [attack]]
             status = "FAIL" if strongest else "WARN"
-            detail += (f"; fgsm is the strongest attack at eps {strongest}" if strongest else
+            detail += (f"; {attack} is the strongest attack at eps {strongest}" if strongest else
                        "; a single step overshoots at large eps (a stronger attack leads at every such eps)")
         else:
             status = "WARN"
@@ -632,10 +647,10 @@ def _convergence_checks(table: pd.DataFrame, model: str, mode: str, tol: float) 
         return [_check(name, model, mode, "SKIP", "the sweep table has no steps and restarts")]
     rows = table[(table.model == model) & (table["mode"] == mode) & (table.attack != "worst-case")]
     specs = rows.drop_duplicates("attack").set_index("attack")[["steps", "restarts"]]
-    gradient = [a for a in specs.index if _base(a) in GRADIENT_ATTACKS]
+    gradient = [a for a in specs.index if _is(a, _gradient_search)]
     pairs = [(a, b) for a in gradient for b in gradient if a != b and _base(a) == _base(b)
              and specs.steps[b] >= 2 * specs.steps[a]
-             and (_base(a) not in RESTARTABLE or specs.restarts[b] >= 2 * specs.restarts[a])]
+             and (not _is(a, lambda info: info.restartable) or specs.restarts[b] >= 2 * specs.restarts[a])]
     if not pairs:
         return [_check(name, model, mode, "SKIP", "needs a gradient attack twice, the second with doubled steps and "
                                                   "restarts (e.g. pgd and pgd:20x2 at 10 steps)")]
@@ -661,7 +676,8 @@ def _unbounded_check(table: pd.DataFrame, model: str, mode: str, tol: float) -> 
     largest = float(rows.eps.max())
     if largest < UNBOUNDED_EPS:
         return _check(name, model, mode, "SKIP", f"sweep stops at eps {largest:g} < {UNBOUNDED_EPS:g}")
-    at_max = rows[(rows.eps == largest) & (rows.attack != "fgsm")]  # one step is not expected to get there
+    single = rows.attack.map(lambda attack: _is(attack, _single_step)).astype(bool)
+    at_max = rows[(rows.eps == largest) & ~single]  # one step is not expected to get there
     if at_max.empty:
         return _check(name, model, mode, "SKIP", f"needs an iterative attack at eps {largest:g}")
     value = float(at_max[_metric(mode)].max())  # the worst case where there is one: it is the maximum
@@ -675,7 +691,7 @@ def _noise_checks(table: pd.DataFrame, model: str, mode: str, tol: float) -> lis
     WARN (a noise-fragile model, not a flawed evaluation) where it moves error by more than ``tol``."""
     name = "random noise barely changes accuracy"
     rows = []
-    for attack in [a for a in _attacks_of(table, model, mode) if _base(a) == "noise"]:
+    for attack in [a for a in _attacks_of(table, model, mode) if _is(a, lambda info: info.noise_baseline)]:
         series = _series(table, model, attack, mode)
         clean = float(series.get(0.0, series.iloc[0]))
         shown = series[(series.index > 0) & (series.index < CHANCE_EPS)] - clean
@@ -704,16 +720,16 @@ def _chance_check(table: pd.DataFrame, model: str, mode: str) -> dict:
 def _challenger_checks(table: pd.DataFrame, model: str, mode: str, tol: float) -> list[dict]:
     """Square, the vote attack and transfer against the white-box attacks.
 
-    The *headline* attack at an eps is the white-box attack (:data:`WHITE_BOX`) with the highest
+    The *headline* attack at an eps is the white-box attack (``white_box`` in the attack table) with the highest
     error there: the number a robustness claim quotes. A challenger that beats it by more than
     ``tol`` FAILs, naming itself, the headline attack and the eps: the white-box number
     understates what an attacker achieves (gradient masking, or routing diluting the gradient).
     The detail also lists every other white-box attack the challenger beats.
     """
     attacks = _attacks_of(table, model, mode)
-    white = [a for a in attacks if _base(a) in WHITE_BOX]
+    white = [a for a in attacks if _is(a, lambda info: info.white_box)]
     rows = []
-    for challenger in [a for a in attacks if _base(a) in BLACK_BOX + ("vote",)]:
+    for challenger in [a for a in attacks if _is(a, lambda info: not info.white_box)]:
         name = f"{_base(challenger)} <= white-box"
         if not white:
             rows.append(_check(name, model, mode, "SKIP", f"{challenger}: no white-box attack in the sweep"))
