@@ -51,6 +51,21 @@ def test_recording_routing_matches_the_literal_procedure_1() -> None:
     assert len(records) == 3 and records[0]["weights"].shape == (2, 4, 3, 9)
 
 
+def test_a_child_far_below_the_rest_of_the_batch_still_spreads_its_whole_activation() -> None:
+    """Each child's assignments sum to 1 however far its log a_j p_j lies below the other children's
+    (a batch-wide shift would underflow them all to 0 about 745 below the batch maximum)."""
+    generator = torch.Generator().manual_seed(0)
+    votes = 0.01 * torch.randn(1, 1, 3, 10, 16, generator=generator, dtype=torch.float64)
+    votes[:, :, :, 0] = 100.0  # one outlier child, nearly inactive: log p ~ -1e7 under every parent
+    acts = torch.ones(1, 1, 10, dtype=torch.float64)
+    acts[:, :, 0] = 1e-6
+    index = torch.arange(10).view(1, 10)  # official normalisation, each slot its own child
+    _, _, records = recording_em_routing(votes, acts, torch.zeros(3, dtype=torch.float64),
+                                         torch.zeros(3, dtype=torch.float64), 3, lambda_scale=100.0, child_index=index)
+    for record in records:  # weights R_ij a_i summed over the parents: a_i (float32 records)
+        torch.testing.assert_close(record["weights"].double().sum(2), acts, rtol=1e-5, atol=0.0)
+
+
 def test_recorded_model_gives_the_same_outputs_and_restores_its_routing() -> None:
     model, images = tiny_capsnet(), torch.rand(3, 2, 32, 32)
     with torch.no_grad():

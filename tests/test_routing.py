@@ -120,3 +120,62 @@ def test_naive_baseline_matches_oracle_with_per_patch_normalisation(schedule):
     )
     for name, got, want in zip(NAMES, fast, slow):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def _with_observer(**options):
+    steps = []
+    routing = lambda v, a, bu, ba: em_routing(v, a, bu, ba, 3, observer=steps.append, **options)  # noqa: E731
+    return routing, steps
+
+
+@pytest.mark.parametrize("normalisation", ["official", "patch"])
+def test_an_observer_sees_every_iteration_and_changes_nothing(normalisation):
+    votes, acts, beta_u, beta_a, index = _inputs("k3s1")
+    options = dict(schedule="official", lambda_scale=100.0, normalisation=normalisation, child_index=index)
+    plain = _outputs_and_grads(lambda v, a, bu, ba: em_routing(v, a, bu, ba, 3, **options), votes, acts, beta_u, beta_a)
+    observed_routing, steps = _with_observer(**options)
+    observed = _outputs_and_grads(observed_routing, votes, acts, beta_u, beta_a)
+    for name, got, want in zip(NAMES, observed, plain):
+        assert torch.equal(got, want), name
+    assert [s.iteration for s in steps] == [0, 1, 2]
+    n, length, types, slots, _ = votes.shape
+    for step in steps:
+        assert step.weights.shape == (n, length, types, slots) and step.mean.shape == (n, length, types, 16)
+        assert not step.weights.requires_grad and not step.mean.requires_grad
+        # mu_j = sum_i w_ij V_ij / sum_i w_ij, and the distances are ||V_ij - mu_j||
+        mean = (step.weights.unsqueeze(-1) * votes).sum(3) / step.weights.sum(3).unsqueeze(-1)
+        torch.testing.assert_close(step.mean, mean)
+        torch.testing.assert_close(step.source.distances(step.mean), (votes - mean.unsqueeze(3)).norm(dim=-1))
+    torch.testing.assert_close(steps[-1].mean, plain[0])
+    torch.testing.assert_close(steps[-1].activations, plain[1])
+
+
+def test_observed_weights_are_each_childs_activation_spread_over_its_parents():
+    votes, acts, beta_u, beta_a, index = _inputs("k3s2")
+    routing, steps = _with_observer(lambda_scale=100.0, child_index=index)
+    routing(votes, acts, beta_u, beta_a)
+    children = int(index.max()) + 1
+    flat = index.reshape(-1)
+    child_acts = torch.zeros(votes.shape[0], children, dtype=votes.dtype).index_copy(1, flat, acts.reshape(len(acts), -1))
+    for step in steps:  # R_ij sums to 1 over every parent of child i (official normalisation)
+        per_child = torch.zeros_like(child_acts).index_add(1, flat, step.weights.sum(2).reshape(len(acts), -1))
+        torch.testing.assert_close(per_child, child_acts)
+
+
+def test_fused_votes_offer_the_observer_the_same_weights_means_and_activations():
+    from capsrobust.models import vote_kernels
+    from capsrobust.models.routing import em_routing_from_poses
+
+    if not vote_kernels.available():
+        pytest.skip("vote kernels not built")
+    gen = torch.Generator().manual_seed(0)
+    patches, weight = torch.randn(2, 4, 6, 4, 4, generator=gen), torch.randn(6, 3, 4, 4, generator=gen)
+    acts, beta_u, beta_a = torch.rand(2, 4, 6, generator=gen), torch.zeros(3), torch.zeros(3)
+    votes = torch.einsum("nlirk,iokc->nloirc", patches, weight).reshape(2, 4, 3, 6, 16)
+    fused, stored = [], []
+    em_routing_from_poses(patches, weight, acts, beta_u, beta_a, 2, lambda_scale=100.0, observer=fused.append)
+    em_routing(votes, acts, beta_u, beta_a, 2, lambda_scale=100.0, observer=stored.append)
+    assert len(fused) == len(stored) == 2
+    for got, want in zip(fused, stored):
+        for name in ("weights", "mean", "activations"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=1e-4, rtol=1e-4)

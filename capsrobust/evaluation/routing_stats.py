@@ -8,9 +8,9 @@ distances ||V_ij - mu_j|| shrink over the iterations (the histograms of Gritzman
 implementation pitfalls of matrix capsule networks" and of the seed article).
 
 The layers' ``routing=`` hook receives the votes; :class:`RoutingRecorder` is a routing function
-that runs a plain, vectorised float64 transcription of Procedure 1 (the same maths as
-``tests/routing_reference.py`` and :func:`capsrobust.models.routing.em_routing`, which it is tested
-against) and records at every iteration t:
+that runs the model's own :func:`capsrobust.models.routing.em_routing` on the votes in float64 with
+an observer (tested against the float64 oracle ``tests/routing_reference.py``) and records at every
+iteration t:
 
 - ``weights`` (N, L, O, I): R_ij a_i, the weights of the M-step at iteration t (uniform R at t = 1),
 - ``distances`` (N, L, O, I): ||V_ij - mu_j^t||, mu_j^t the mean that M-step computes,
@@ -23,7 +23,6 @@ model code is touched; the model's own outputs are unchanged (up to float roundi
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -33,26 +32,12 @@ import torch
 from torch import Tensor, nn
 
 from capsrobust.models.layers import ClassCaps, ConvCaps
-from capsrobust.models.routing import VARIANCE_FLOOR, inverse_temperatures, uniform_log_assignments
+from capsrobust.models.routing import RoutingStep, em_routing
 
 __all__ = ["RoutingRecorder", "class_routing_table", "conv_routing_table", "record_routing",
            "recording_em_routing", "weighted_mean_distance"]
 
 _MIN_MASS = 1e-10
-
-
-def _log_normalise_per_child(logits: Tensor, child_index: Tensor | None, num_children: int) -> Tensor:
-    """log R_ij: logits (N, L, O, I) normalised over every parent of each child (official), or over O."""
-    if child_index is None:
-        return torch.log_softmax(logits, dim=2)
-    n, length, _, slots = logits.shape
-    flat = child_index.reshape(-1)
-    per_slot = torch.logsumexp(logits, dim=2).reshape(n, length * slots)
-    shift = per_slot.max()
-    total = per_slot.new_zeros((n, num_children)).index_add(1, flat, torch.exp(per_slot - shift))
-    total = torch.where(total > 0, total, torch.ones_like(total))
-    per_child = shift + total.log()
-    return logits - per_child[:, flat].view(n, length, 1, slots)
 
 
 def recording_em_routing(
@@ -61,52 +46,28 @@ def recording_em_routing(
     beta_u: Tensor,
     beta_a: Tensor,
     iterations: int,
-    *,
-    schedule: str = "official",
-    lambda_scale: float = 1.0,
-    normalisation: str = "official",
-    child_index: Tensor | None = None,
-    num_children: int | None = None,
-    variance_floor: float = VARIANCE_FLOOR,
+    **options,
 ) -> tuple[Tensor, Tensor, list[dict[str, Tensor]]]:
-    """Procedure 1 in float64, returning (poses, activations, per-iteration records).
+    """:func:`~capsrobust.models.routing.em_routing` in float64, returning (poses, activations, per-iteration records).
 
-    Shapes as :func:`capsrobust.models.routing.em_routing`: votes (N, L, O, I, 16), activations
-    (N, L, I), beta_u / beta_a (O,); returns poses (N, L, O, 16), activations (N, L, O) and one dict
-    per iteration with ``weights`` and ``distances`` (N, L, O, I) and ``activations`` (N, L, O).
+    Shapes as :func:`~capsrobust.models.routing.em_routing`, whose keyword ``options`` it takes (schedule,
+    lambda_scale, normalisation, child_index, ...): votes (N, L, O, I, 16), activations (N, L, I),
+    beta_u / beta_a (O,); returns poses (N, L, O, 16), activations (N, L, O) in the votes' dtype, without
+    gradient, and one dict per iteration with ``weights`` and ``distances`` (N, L, O, I) and
+    ``activations`` (N, L, O), float32.
     """
-    v = votes.detach().double()
-    n, length, types, slots, dim = v.shape
-    if normalisation == "patch":
-        child_index = None
-    if child_index is not None and num_children is None:
-        num_children = int(child_index.max()) + 1
-    log_r = uniform_log_assignments(child_index, types, (length, slots), torch.float64).to(v.device)
-    child_act = activations.detach().double().unsqueeze(2)
-    bu = beta_u.detach().double().view(types, 1)
-    ba = beta_a.detach().double().view(types)
     records: list[dict[str, Tensor]] = []
-    for step, lam in enumerate(inverse_temperatures(schedule, iterations, lambda_scale)):
-        weights = (torch.exp(log_r) * child_act).expand(n, length, types, slots)
-        mass = weights.sum(dim=3)
-        mean = (weights.unsqueeze(-1) * v).sum(3) / mass.clamp_min(_MIN_MASS).unsqueeze(-1)  # (N, L, O, 16)
-        diff = v - mean.unsqueeze(3)
-        variance = (weights.unsqueeze(-1) * diff * diff).sum(3) / mass.clamp_min(_MIN_MASS).unsqueeze(-1)
-        variance = variance + variance_floor
-        log_sd = 0.5 * torch.log(variance)
-        cost = ((bu + log_sd) * mass.unsqueeze(-1)).sum(-1)
-        if schedule == "normalized":
-            flat = cost.reshape(n, -1)
-            cost = (cost - flat.mean(1).view(n, 1, 1)) / torch.sqrt(flat.var(1, unbiased=False).view(n, 1, 1) + 1e-6)
-        logit_a = lam * (ba - cost)
-        records.append({"weights": weights.float(), "distances": diff.norm(dim=-1).float(),
-                        "activations": torch.sigmoid(logit_a).float()})
-        if step == iterations - 1:
-            return mean.to(votes.dtype), torch.sigmoid(logit_a).to(votes.dtype), records
-        log_p = (-(diff * diff) / (2 * variance.unsqueeze(3)) - 0.5 * torch.log(2 * math.pi * variance.unsqueeze(3))).sum(-1)
-        log_r = _log_normalise_per_child(torch.nn.functional.logsigmoid(logit_a).unsqueeze(-1) + log_p,
-                                         child_index, num_children or 0)
-    raise ValueError("iterations must be >= 1")
+
+    def record(step: RoutingStep) -> None:
+        records.append({"weights": step.weights.float(), "distances": step.source.distances(step.mean).float(),
+                        "activations": step.activations.float()})
+
+    options.pop("images_per_chunk", None)  # one call: the observer sees every image at each iteration
+    with torch.no_grad():
+        poses, acts = em_routing(votes.detach().double(), activations.detach().double(), beta_u.detach().double(),
+                                 beta_a.detach().double(), iterations, images_per_chunk=None, observer=record,
+                                 **options)
+    return poses.to(votes.dtype), acts.to(votes.dtype), records
 
 
 def weighted_mean_distance(weights: Tensor, distances: Tensor) -> Tensor:

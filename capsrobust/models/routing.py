@@ -25,12 +25,18 @@ turns them into one vote gradient. Two vote sources provide the contractions:
 so nothing vote-sized is stored and the passes run from cache; :func:`em_routing_from_poses`).
 Votes are centred on a per-parent constant (routing is equivariant to a per-parent shift of its
 votes) so the moment form of the variance does not lose precision in float32.
+
+Both functions take an optional ``observer``: called once per iteration (M-step) with a
+:class:`RoutingStep` (the M-step's weights R_ij a_i, the parent means and activations, and the vote
+source, whose :meth:`StoredVotes.distances` gives ||V_ij - mu_j||); what
+:mod:`capsrobust.evaluation.routing_stats` records. Without one (the default) nothing extra is computed.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -182,6 +188,12 @@ class StoredVotes:
         g_z = e * (g_e + g_s.unsqueeze(2))
         return self._sums(g_z), g_z.sum(dim=3), g_z
 
+    def distances(self, mean: Tensor) -> Tensor:
+        """||V_ij - mean_j||: mean (N, L, O, 16) in vote coordinates -> (N, L, O, I); no gradient."""
+        dim = self.shape[-1]
+        offset = (mean.detach() - self.centre).unsqueeze(3)  # (N, L, O, 1, 16), like V - c
+        return (self.stacked[..., :dim] - offset).norm(dim=-1)
+
     def vote_grads(self, left: list[Tensor], right: list[Tensor]) -> tuple[Tensor]:
         """d loss / d votes from d loss / d stacked = sum_k left_k (N, L, O, I) (x) right_k (N, L, O, 32)."""
         n, length, types, slots, width = self.stacked.shape
@@ -257,6 +269,27 @@ def fused_votes_supported(patches: Tensor, weight: Tensor) -> bool:
     return (patches.dtype == torch.float32 and weight.dtype == torch.float32
             and patches.device.type == "cpu" and weight.device.type == "cpu"
             and 4 * weight.shape[1] <= vote_kernels.MAX_OC and vote_kernels.available())
+
+
+@dataclass(frozen=True)
+class RoutingStep:
+    """One iteration of Procedure 1 as an observer sees it (shapes as in :func:`em_routing`).
+
+    ``iteration``: 0-based M-step index; ``weights`` (N, L, O, I): R_ij a_i, the weights of this
+    M-step (uniform R at the first); ``mean`` (N, L, O, 16): the parent means mu_j it computes, in
+    vote coordinates; ``activations`` (N, L, O): a_j; ``source``: the votes, so that stored votes give
+    ||V_ij - mu_j|| with ``source.distances(mean)``. Tensors are detached.
+    """
+
+    iteration: int
+    weights: Tensor
+    mean: Tensor
+    activations: Tensor
+    source: "StoredVotes | FusedVotes"
+
+
+#: Called once per iteration with that iteration's :class:`RoutingStep`.
+RoutingObserver = Callable[[RoutingStep], None]
 
 
 class _Tape:
@@ -341,6 +374,7 @@ def em_routing(
     num_children: int | None = None,
     variance_floor: float = VARIANCE_FLOOR,
     images_per_chunk: int | None = AUTO_CHUNK,
+    observer: RoutingObserver | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Route child votes to parent capsules with EM (paper Procedure 1).
 
@@ -360,6 +394,8 @@ def em_routing(
         images_per_chunk: route this many images at a time (images are independent); bounds the
             [V, V^2] temporaries, e.g. for inference at batch 128. ``None``: all at once;
             :data:`AUTO_CHUNK` (default): as many as fit :data:`STORED_VOTES_BYTES`.
+        observer: called once per iteration with a :class:`RoutingStep` (per chunk of images, in
+            order, when the images are routed in chunks); None (default): nothing is recorded.
 
     Returns:
         poses (N, L, O, 16) = mu_j and activations (N, L, O) = a_j of the last M-step.
@@ -373,13 +409,13 @@ def em_routing(
         chunks = [
             em_routing(v, a, beta_u, beta_a, iterations, schedule=schedule, lambda_scale=lambda_scale,
                        normalisation=normalisation, child_index=child_index, num_children=num_children,
-                       variance_floor=variance_floor, images_per_chunk=None)
+                       variance_floor=variance_floor, images_per_chunk=None, observer=observer)
             for v, a in zip(votes.split(images_per_chunk), activations.split(images_per_chunk))
         ]
         return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
     return _route(StoredVotes(votes), (votes,), activations, beta_u, beta_a, iterations, schedule=schedule,
                   lambda_scale=lambda_scale, normalisation=normalisation, child_index=child_index,
-                  num_children=num_children, variance_floor=variance_floor)
+                  num_children=num_children, variance_floor=variance_floor, observer=observer)
 
 
 def em_routing_from_poses(
@@ -421,6 +457,16 @@ def em_routing_from_poses(
                   **options)
 
 
+def _observe(observer: RoutingObserver, step: int, e: Tensor | None, factor: Tensor, mean: Tensor,
+             logit_a: Tensor, source: StoredVotes | FusedVotes) -> None:
+    """Hand ``observer`` the iteration's weights e * factor (N, L, O, I), mean (centred: source.centre
+    added back) and activations sigmoid(logit_a)."""
+    n, length, types, slots, _ = source.shape
+    weights = factor.unsqueeze(2) if e is None else e * factor.unsqueeze(2)
+    observer(RoutingStep(step, weights.detach().expand(n, length, types, slots),
+                         (mean + source.centre).detach(), torch.sigmoid(logit_a).detach(), source))
+
+
 def _route(
     source: StoredVotes | FusedVotes,
     inputs: tuple[Tensor, ...],
@@ -435,6 +481,7 @@ def _route(
     child_index: Tensor | None = None,
     num_children: int | None = None,
     variance_floor: float = VARIANCE_FLOOR,
+    observer: RoutingObserver | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Procedure 1 over a vote ``source`` built from ``inputs`` (the tensors gradients go to)."""
     n, length, types, slots, dim = source.shape
@@ -477,6 +524,8 @@ def _route(
                 flat_cost.var(1, unbiased=False).view(n, 1, 1) + 1e-6
             )
         logit_a = lam * (beta_a - cost)
+        if observer is not None:
+            _observe(observer, step, e, factor, mean, logit_a, source)
         if step == iterations - 1:
             return mean + source.centre, torch.sigmoid(logit_a)
         # ---- E-step: log a_j + log N(V_ij; mu_j, sigma_j^2), normalised over parents. ----
