@@ -14,20 +14,24 @@ checkpoint record.
   cost constants (``beta_parametrisation="official"``) and its margin time axis (~0.2 for the
   first 100K steps).
 
-The CNN has no preset options: its recipe (Adam at :data:`CNN_LR`, cross-entropy, augmentation) is
-the same in all three.
+Each preset holds one :class:`KindRecipe` per kind of model (:data:`KINDS`). The CNN has no routing
+options: its recipe (Adam at :data:`CNN_LR`, cross-entropy, augmentation) is the same in all three.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from capsrobust.errors import ConfigError
-from capsrobust.models import is_capsule_model
+from capsrobust.models import MatrixCapsNet, is_capsule_model
+from capsrobust.models.layers import BETA_PARAMETRISATIONS, COORDINATES, COST_NORMALISATIONS, TRANSFORM_INITS
+from capsrobust.models.routing import NORMALISATIONS, SCHEDULES
 
-__all__ = ["PRESETS", "PRESET_NAMES", "Preset", "resolve_preset"]
+__all__ = ["KINDS", "KindRecipe", "PRESETS", "PRESET_NAMES", "Preset", "RoutingOptions", "flag", "get_preset",
+           "kind_of", "resolve_preset"]
 
 #: Adam learning rates: the authors' 3e-3 for capsule nets (REFERENCE.md §4). The CNN's is 1e-3: at
 #: 3e-3 it fitted nothing of the 512-image probe in 300 steps (chance) and reached 25.4 % validation
@@ -47,25 +51,113 @@ CAPSULE_LR_DECAY = 0.8
 #: (results/train/jitter/).
 CAPSULE_SHAPE_JITTER = 0.15
 
+#: The kinds of model a preset has a recipe for: capsule nets and the CNN (:func:`kind_of`).
+KINDS: tuple[str, ...] = ("capsule", "cnn")
+
+#: Routing option -> its command-line flag, where the flag is not ``--`` plus the name with dashes.
+_FLAGS = {"schedule": "--routing-schedule"}
+#: Routing option -> the values it may take (the models' own tables).
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "schedule": SCHEDULES, "normalisation": NORMALISATIONS, "transform_init": TRANSFORM_INITS,
+    "beta_parametrisation": BETA_PARAMETRISATIONS, "cost_normalisation": COST_NORMALISATIONS,
+    "coordinates": COORDINATES,
+}
+
+
+def kind_of(model: str) -> str:
+    """The kind of model ``model`` is, one of :data:`KINDS` (by :func:`~capsrobust.models.is_capsule_model`)."""
+    return "capsule" if is_capsule_model(model) else "cnn"
+
+
+def flag(option: str) -> str:
+    """The command-line flag of a training or routing option (``lambda_scale`` -> ``--lambda-scale``)."""
+    return _FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
+@dataclass(frozen=True)
+class RoutingOptions:
+    """A capsule net's EM-routing options (:class:`~capsrobust.models.MatrixCapsNet` keyword arguments);
+    None: not chosen, so the builder's default (:meth:`defaults`).
+
+    A run records the chosen ones as a plain dict (``model_overrides`` in ``run.json``, ``model_config``
+    in every checkpoint; :meth:`overrides`), so ``build_model(name, **options)`` rebuilds any checkpoint.
+    """
+
+    iterations: int | None = None
+    schedule: str | None = None
+    normalisation: str | None = None
+    lambda_scale: float | None = None
+    conv_lambda_scale: float | None = None
+    class_lambda_scale: float | None = None
+    transform_init: str | None = None
+    beta_parametrisation: str | None = None
+    cost_normalisation: str | None = None
+    coordinates: str | None = None
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_overrides(cls, overrides: Mapping[str, Any]) -> "RoutingOptions":
+        """The routing options among a run's model options (other keys, e.g. ``A``, stay the builder's business)."""
+        return cls(**{key: value for key, value in overrides.items() if key in cls.names()})
+
+    @classmethod
+    def defaults(cls) -> "RoutingOptions":
+        """What each option is when not chosen: the model class's own defaults (the one source)."""
+        parameters = inspect.signature(MatrixCapsNet.__init__).parameters
+        return cls(**{name: parameters[name].default for name in cls.names()})
+
+    def overrides(self) -> dict[str, Any]:
+        """The chosen options (not None) as a run records them, in field order."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+    def validate(self) -> None:
+        """One-line :class:`ConfigError` for an option out of range, naming its flag."""
+        if self.iterations is not None and self.iterations < 1:
+            raise ConfigError(f"--iterations must be at least 1, got {self.iterations}")
+        for key in ("lambda_scale", "conv_lambda_scale", "class_lambda_scale"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{flag(key)} must be positive (1 = official), got {value}")
+        for key, valid in _CHOICES.items():
+            value = getattr(self, key)
+            if value is not None and value not in valid:
+                raise ConfigError(f"unknown {flag(key)} {value!r}; valid: {', '.join(valid)}")
+
+
+@dataclass(frozen=True)
+class KindRecipe:
+    """One kind of model's part of a preset: what a run of that kind gets where the user chose nothing."""
+
+    lr: float  # Adam's learning rate at the start
+    lr_decay: float = PAPER_LR_DECAY  # the learning rate's factor per 1/20 of the run
+    ema_decay: float = 0.0  # the weight average's decay (training.TrainConfig.ema_decay); 0: none
+    shape_jitter: float = 0.0  # training.TrainConfig.shape_jitter; 0: the paper's augmentation only
+    margin_schedule: str = "run"  # the spread-loss margin (losses.MARGIN_SCHEDULES); the CNN records "run"
+    routing: RoutingOptions = field(default_factory=RoutingOptions)  # capsule nets only
+
 
 @dataclass(frozen=True)
 class Preset:
-    """Capsule-model options (``build_model`` keyword arguments), the spread-loss margin schedule and
-    each kind of model's Adam learning rate."""
+    """A named recipe: one :class:`KindRecipe` per kind of model (:data:`KINDS`)."""
 
     name: str
     description: str
-    capsule_options: dict[str, Any] = field(default_factory=dict)
-    margin_schedule: str = "run"
-    capsule_lr: float = CAPSULE_LR
-    cnn_lr: float = CNN_LR
-    capsule_lr_decay: float = PAPER_LR_DECAY  # the learning rate's factor per 1/20 of the run
-    cnn_lr_decay: float = PAPER_LR_DECAY
-    capsule_ema_decay: float = 0.0  # the weight average's decay (training.TrainConfig.ema_decay); 0: none
-    cnn_ema_decay: float = 0.0
-    capsule_shape_jitter: float = 0.0  # training.TrainConfig.shape_jitter; 0: the paper's augmentation only
-    cnn_shape_jitter: float = 0.0
+    kinds: Mapping[str, KindRecipe]
 
+    def for_model(self, model: str) -> KindRecipe:
+        """The recipe of ``model``'s kind."""
+        return self.kinds[kind_of(model)]
+
+    @property
+    def capsule_options(self) -> dict[str, Any]:
+        """The capsule nets' routing options (``build_model`` keyword arguments) this preset chooses."""
+        return self.kinds["capsule"].routing.overrides()
+
+
+_CNN = KindRecipe(lr=CNN_LR)
 
 PRESETS: dict[str, Preset] = {
     preset.name: preset
@@ -74,50 +166,58 @@ PRESETS: dict[str, Preset] = {
             "default",
             "2 routing iterations, beta_a in logit units, IBM's cost normalisation, spread-loss margin held at 0.2, "
             "learning rate x0.8 per 1/20 of the run, shape jitter 0.15",
-            capsule_options=dict(iterations=2, beta_parametrisation="logit", cost_normalisation="ibm"),
-            margin_schedule="held", capsule_lr_decay=CAPSULE_LR_DECAY, capsule_shape_jitter=CAPSULE_SHAPE_JITTER,
+            {"capsule": KindRecipe(lr=CAPSULE_LR, lr_decay=CAPSULE_LR_DECAY, shape_jitter=CAPSULE_SHAPE_JITTER,
+                                   margin_schedule="held",
+                                   routing=RoutingOptions(iterations=2, beta_parametrisation="logit",
+                                                          cost_normalisation="ibm")),
+             "cnn": _CNN},
         ),
         Preset(
             "paper",
             "the paper's text: 3 iterations, official lambda schedule, direct betas, margin +0.1 per epoch",
-            capsule_options=dict(iterations=3, beta_parametrisation="direct", cost_normalisation="none"),
-            margin_schedule="epoch",
+            {"capsule": KindRecipe(lr=CAPSULE_LR, margin_schedule="epoch",
+                                   routing=RoutingOptions(iterations=3, beta_parametrisation="direct",
+                                                          cost_normalisation="none")),
+             "cnn": _CNN},
         ),
         Preset(
             "official",
             "the released code: 3 iterations, its cost constants, its margin time axis",
-            capsule_options=dict(iterations=3, beta_parametrisation="official", cost_normalisation="none"),
-            margin_schedule="official",
+            {"capsule": KindRecipe(lr=CAPSULE_LR, margin_schedule="official",
+                                   routing=RoutingOptions(iterations=3, beta_parametrisation="official",
+                                                          cost_normalisation="none")),
+             "cnn": _CNN},
         ),
     )
 }
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
 
 
-def resolve_preset(config: Any) -> Any:
-    """A copy of a :class:`~capsrobust.training.TrainConfig` with its preset applied.
-
-    Capsule models get the preset's options under the explicit ``model_overrides`` and its margin
-    schedule where ``margin_schedule`` is None; the CNN keeps its overrides as given. Both get the
-    preset's learning rate, learning-rate decay, weight-average decay and shape jitter where ``lr`` /
-    ``lr_decay`` / ``ema_decay`` / ``shape_jitter`` are None.
-    """
+def get_preset(name: str) -> Preset:
+    """A preset by name; one-line :class:`ConfigError` naming the valid ones otherwise."""
     try:
-        preset = PRESETS[config.preset]
+        return PRESETS[name]
     except KeyError:
-        raise ConfigError(f"unknown --preset {config.preset!r}; valid: {', '.join(PRESET_NAMES)}") from None
-    if not is_capsule_model(config.model):
-        return dataclasses.replace(config, margin_schedule=config.margin_schedule or "run",
-                                   lr=config.lr or preset.cnn_lr,
-                                   lr_decay=_given(config.lr_decay, preset.cnn_lr_decay),
-                                   ema_decay=_given(config.ema_decay, preset.cnn_ema_decay),
-                                   shape_jitter=_given(config.shape_jitter, preset.cnn_shape_jitter))
-    overrides = {**preset.capsule_options, **config.model_overrides}
-    return dataclasses.replace(config, model_overrides=overrides, lr=config.lr or preset.capsule_lr,
-                               margin_schedule=config.margin_schedule or preset.margin_schedule,
-                               lr_decay=_given(config.lr_decay, preset.capsule_lr_decay),
-                               ema_decay=_given(config.ema_decay, preset.capsule_ema_decay),
-                               shape_jitter=_given(config.shape_jitter, preset.capsule_shape_jitter))
+        raise ConfigError(f"unknown --preset {name!r}; valid: {', '.join(PRESET_NAMES)}") from None
+
+
+def resolve_preset(config: Any) -> Any:
+    """The complete config a run trains and records: a copy of a :class:`~capsrobust.training.TrainConfig`,
+    checked (its ``validate``), with its preset's recipe for its kind of model filled in.
+
+    The preset's routing options go under the explicit ``model_overrides`` (explicit ones win; the
+    CNN's recipe has none); its learning rate, learning-rate decay, weight-average decay, shape jitter
+    and margin schedule fill ``lr`` / ``lr_decay`` / ``ema_decay`` / ``shape_jitter`` /
+    ``margin_schedule`` where they are None. Resolving a resolved config changes nothing.
+    """
+    config.validate()
+    recipe = get_preset(config.preset).for_model(config.model)
+    return dataclasses.replace(config, model_overrides={**recipe.routing.overrides(), **config.model_overrides},
+                               lr=config.lr or recipe.lr,
+                               margin_schedule=config.margin_schedule or recipe.margin_schedule,
+                               lr_decay=_given(config.lr_decay, recipe.lr_decay),
+                               ema_decay=_given(config.ema_decay, recipe.ema_decay),
+                               shape_jitter=_given(config.shape_jitter, recipe.shape_jitter))
 
 
 def _given(value: Any, preset_value: Any) -> Any:

@@ -9,10 +9,9 @@ import click
 
 from capsrobust.data.splits import HOLDOUTS, SPLITS
 from capsrobust.losses import MARGIN_SCHEDULES
-from capsrobust.models import MODEL_NAMES, is_capsule_model
+from capsrobust.models import MODEL_NAMES
 from capsrobust.models.layers import BETA_PARAMETRISATIONS, COORDINATES, COST_NORMALISATIONS
-from capsrobust.presets import PRESET_NAMES
-from capsrobust_cli.errors import UserError
+from capsrobust.presets import PRESET_NAMES, RoutingOptions
 
 
 @click.command()
@@ -110,25 +109,17 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
     from capsrobust.training import TrainConfig, TrainingInterrupted
     from capsrobust.training import train as run_training
 
-    capsule_options = {"iterations": iterations, "lambda_scale": lambda_scale, "conv_lambda_scale": conv_lambda_scale,
-                       "schedule": routing_schedule,
-                       "beta_parametrisation": beta_parametrisation, "cost_normalisation": cost_normalisation,
-                       "class_lambda_scale": class_lambda_scale, "coordinates": coordinates,
-                       "transform_init": transform_init}
-    overrides = {key: value for key, value in capsule_options.items() if value is not None}
-    if overrides and not is_capsule_model(model_name):
-        raise UserError(f"--{next(iter(overrides)).replace('_', '-')} applies to capsule models only; "
-                        "drop it or choose --model capsules/capsules-small")
-    if not is_capsule_model(model_name) and margin_schedule is not None:
-        raise UserError("--margin-schedule applies to the capsule nets' spread loss only (the cnn uses cross-entropy); "
-                        "drop it or choose --model capsules/capsules-small")
+    routing = RoutingOptions(iterations=iterations, schedule=routing_schedule, lambda_scale=lambda_scale,
+                             conv_lambda_scale=conv_lambda_scale, class_lambda_scale=class_lambda_scale,
+                             transform_init=transform_init, beta_parametrisation=beta_parametrisation,
+                             cost_normalisation=cost_normalisation, coordinates=coordinates)
     config = TrainConfig(model=model_name, split=split, data_dir=str(data_dir) if data_dir else None, mode=mode,
                          steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay, seed=seed,
                          ema_decay=ema_decay, shape_jitter=shape_jitter,
                          holdout=holdout, target_familiar_error=target_familiar_error, eval_every=eval_every,
                          checkpoint_every=checkpoint_every, max_eval_examples=max_eval_examples,
                          margin_schedule=margin_schedule, preset=preset,
-                         model_overrides=overrides)
+                         model_overrides=routing.overrides())  # every check: TrainConfig.validate
     out = out_dir or Path("runs") / f"{model_name}-{split}-seed{seed}"
     try:
         result = run_training(config, out, resume=resume, progress=not no_progress, log=lambda m: click.echo(m, err=True))

@@ -43,7 +43,7 @@ OPTION_SETS = [
 def test_the_default_preset_fills_capsule_options_and_explicit_options_win():
     config = resolve_preset(TrainConfig(model="capsules-small", model_overrides={"iterations": 3}))
     assert config.model_overrides == {**PRESETS["default"].capsule_options, "iterations": 3}
-    assert config.margin_schedule == PRESETS["default"].margin_schedule
+    assert config.margin_schedule == PRESETS["default"].kinds["capsule"].margin_schedule
     explicit = resolve_preset(TrainConfig(model="capsules-small", margin_schedule="run"))
     assert explicit.margin_schedule == "run"
 
@@ -63,8 +63,9 @@ def test_presets_differ_and_the_cnn_gets_no_capsule_options():
 
 
 def test_learning_rate_decay_comes_from_the_preset_per_kind_of_model_and_an_explicit_one_wins():
-    assert resolve_preset(TrainConfig(model="capsules-small")).lr_decay == PRESETS["default"].capsule_lr_decay == 0.8
-    assert resolve_preset(TrainConfig(model="cnn")).lr_decay == PRESETS["default"].cnn_lr_decay == 0.96
+    default = PRESETS["default"]
+    assert resolve_preset(TrainConfig(model="capsules-small")).lr_decay == default.kinds["capsule"].lr_decay == 0.8
+    assert resolve_preset(TrainConfig(model="cnn")).lr_decay == default.kinds["cnn"].lr_decay == 0.96
     assert resolve_preset(TrainConfig(model="capsules", preset="paper")).lr_decay == 0.96
     assert resolve_preset(TrainConfig(model="capsules-small", lr_decay=0.5)).lr_decay == 0.5
     with pytest.raises(ConfigError, match="--lr-decay must be in"):
@@ -73,8 +74,8 @@ def test_learning_rate_decay_comes_from_the_preset_per_kind_of_model_and_an_expl
 
 def test_shape_jitter_comes_from_the_preset_per_kind_of_model_and_an_explicit_one_wins():
     default = PRESETS["default"]
-    assert resolve_preset(TrainConfig(model="capsules-small")).shape_jitter == default.capsule_shape_jitter
-    assert resolve_preset(TrainConfig(model="cnn")).shape_jitter == default.cnn_shape_jitter
+    assert resolve_preset(TrainConfig(model="capsules-small")).shape_jitter == default.kinds["capsule"].shape_jitter
+    assert resolve_preset(TrainConfig(model="cnn")).shape_jitter == default.kinds["cnn"].shape_jitter
     assert resolve_preset(TrainConfig(model="capsules", preset="paper")).shape_jitter == 0.0  # the paper's augmentation
     assert resolve_preset(TrainConfig(model="cnn", shape_jitter=0.3)).shape_jitter == 0.3
     assert resolve_preset(TrainConfig(model="capsules-small", shape_jitter=0.0)).shape_jitter == 0.0
@@ -83,6 +84,42 @@ def test_shape_jitter_comes_from_the_preset_per_kind_of_model_and_an_explicit_on
 def test_an_unknown_preset_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown --preset 'fast'"):
         resolve_preset(TrainConfig(preset="fast"))
+
+
+def test_every_preset_has_a_recipe_for_every_kind_of_model_and_the_cnn_no_routing_options():
+    from capsrobust.presets import KINDS
+
+    for preset in PRESETS.values():
+        assert set(preset.kinds) == set(KINDS)
+        assert preset.kinds["cnn"].routing.overrides() == {}
+        assert preset.for_model("capsules") is preset.kinds["capsule"] and preset.for_model("cnn") is preset.kinds["cnn"]
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    (dict(model="cnn", model_overrides={"iterations": 2}), "--iterations applies to capsule models only"),
+    (dict(model="cnn", model_overrides={"schedule": "normalized"}), "--routing-schedule applies to capsule models"),
+    (dict(model="cnn", margin_schedule="held"), "--margin-schedule applies to the capsule nets"),
+    (dict(model_overrides={"iterations": 0}), "--iterations must be at least 1"),
+    (dict(model_overrides={"class_lambda_scale": -1.0}), "--class-lambda-scale must be positive"),
+    (dict(model_overrides={"coordinates": "polar"}), "unknown --coordinates 'polar'"),
+])
+def test_every_option_is_checked_by_the_config_itself(config, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**config).validate()
+    with pytest.raises(ConfigError, match=message):  # the one resolver checks first
+        resolve_preset(TrainConfig(**config))
+
+
+def test_routing_options_record_only_what_was_chosen_and_default_to_the_model_class():
+    from capsrobust.models import MatrixCapsNet
+    from capsrobust.presets import RoutingOptions
+
+    chosen = RoutingOptions(iterations=2, lambda_scale=4.0)
+    assert chosen.overrides() == {"iterations": 2, "lambda_scale": 4.0}
+    assert RoutingOptions.from_overrides({"iterations": 2, "lambda_scale": 4.0, "A": 8}) == chosen
+    assert RoutingOptions.defaults().iterations == 3 and RoutingOptions.defaults().coordinates == "unit"
+    model = build_model("capsules-small", **TINY, **chosen.overrides())
+    assert isinstance(model, MatrixCapsNet) and model.class_caps.iterations == 2
 
 
 def test_model_kinds_come_from_the_model_class():
@@ -289,5 +326,5 @@ def test_bench_learning_full_mode_reuses_finished_runs_and_refuses_foreign_ones(
     (runs / "cnn-seed0").mkdir()
     saved = {"model": "cnn", "model_overrides": {}, "margin_schedule": "run", "lr": 0.003, "batch_size": 2, "seed": 0}
     (runs / "cnn-seed0" / "run.json").write_text(json.dumps({"config": saved}))
-    with pytest.raises(ConfigError, match="holds a run with lr=0.003"):
+    with pytest.raises(ConfigError, match="holds a run trained with lr=0.003, not 0.001"):
         probe_full([parse_variant("cnn")], data, runs, **options)

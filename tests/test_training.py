@@ -151,7 +151,7 @@ def test_resume_with_another_model_is_refused(data_dir: Path, tmp_path: Path) ->
                                     *STEPS]).exit_code == 0
     result = CliRunner().invoke(cli, ["train", "--model", "capsules-small", "--data-dir", str(data_dir), "--out",
                                       str(out), *STEPS, "--resume"])
-    assert_one_line_error(result, "checkpoint is for model 'cnn'")
+    assert_one_line_error(result, "checkpoint trained with model='cnn', not 'capsules-small'", "same settings")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,6 +344,7 @@ def test_data_parallel_run_under_torchrun_resumes_exactly(data_dir: Path, tmp_pa
     (["--lambda-scale", "0"], "--lambda-scale must be positive"),
     (["--conv-lambda-scale", "-1"], "--conv-lambda-scale must be positive"),
     (["--max-eval-examples", "-1"], "--max-eval-examples"),
+    (["--iterations", "0"], "--iterations must be at least 1"),
 ])
 def test_bad_capsule_options_are_one_line_errors(args: list[str], fragment: str) -> None:
     assert_one_line_error(CliRunner().invoke(cli, ["train", *args]), fragment)
@@ -384,7 +385,7 @@ def test_a_preset_resolves_into_the_run_and_a_resume_with_another_is_refused(dat
     assert model_from_checkpoint(load_checkpoint(out / "last.pt")).class_caps.iterations == 3
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["train_seconds"] > 0
-    assert_one_line_error(CliRunner().invoke(cli, [*args, "--resume"]), "checkpoint is for model_config")
+    assert_one_line_error(CliRunner().invoke(cli, [*args, "--resume"]), "checkpoint trained with iterations=3, not 2")
 
 
 def test_inspect_prints_per_layer_statistics_and_refuses_a_cnn(data_dir: Path, tmp_path: Path) -> None:
@@ -510,3 +511,71 @@ def test_shape_jitter_stretches_training_images_and_is_recorded(data_dir: Path, 
     assert refused.exit_code == 2 and "shape_jitter=0.15" in refused.output
     assert_one_line_error(CliRunner().invoke(cli, ["train", "--model", "cnn", "--shape-jitter", "1"]),
                           "--shape-jitter must be in [0, 1)")
+
+
+# ---------------------------------------------------------------------------------------------
+# "Is this the same run?": one rule (training.same_run) for resume, reuse, borrowed runs and the probe.
+
+
+def test_same_run_names_the_first_differing_option_with_both_values() -> None:
+    import dataclasses
+
+    from capsrobust.presets import resolve_preset
+    from capsrobust.training import KEPT_KEYS, WEIGHT_KEYS, TrainConfig, same_run
+
+    wanted = resolve_preset(TrainConfig(model="capsules-small", steps=10))
+    saved = dataclasses.asdict(wanted)
+    assert same_run(saved, wanted) is None
+    assert same_run({**saved, "lr": 0.01}, wanted) == "trained with lr=0.01, not 0.003"
+    assert same_run({**saved, "steps": 20}, wanted) == "trained with steps=20, not 10"
+    assert same_run({**saved, "steps": 20}, wanted, WEIGHT_KEYS) is None  # a resume keeps its recorded length
+    assert same_run({**saved, "eval_every": 5}, wanted) == "trained with eval_every=5, not 0"
+    assert same_run({**saved, "eval_every": 5}, wanted, WEIGHT_KEYS) is None  # evaluations do not change weights
+    assert "eval_every" in KEPT_KEYS and "checkpoint_every" not in KEPT_KEYS + WEIGHT_KEYS
+    # a routing option names itself, not the dict it travels in
+    options = {**saved["model_overrides"], "lambda_scale": 4.0}
+    assert same_run({**saved, "model_overrides": options}, wanted) == "trained with lambda_scale=4.0, not 1.0"
+    # the model's defaults fill both sides: an option left at its default equals one not given
+    at_default = resolve_preset(TrainConfig(model="capsules-small", steps=10, model_overrides={"coordinates": "unit"}))
+    assert same_run(saved, at_default) is None
+    # output paths and the checkpoint cadence are not part of a run's identity
+    assert same_run({**saved, "data_dir": "/elsewhere", "checkpoint_every": 7}, wanted) is None
+
+
+def test_a_config_saved_before_an_option_existed_reads_as_its_legacy_value() -> None:
+    import dataclasses
+
+    from capsrobust.presets import resolve_preset
+    from capsrobust.training import LEGACY_CONFIG, TrainConfig, same_run
+
+    wanted = resolve_preset(TrainConfig(model="cnn", steps=10))
+    old = {k: v for k, v in dataclasses.asdict(wanted).items() if k not in (*LEGACY_CONFIG, "lr_decay_every", "preset")}
+    assert same_run(old, wanted) is None
+    jittered = resolve_preset(TrainConfig(model="cnn", steps=10, shape_jitter=0.15))
+    assert same_run(old, jittered) == "trained with shape_jitter=0.0, not 0.15"
+
+
+def test_resume_with_a_changed_option_is_refused_naming_it(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out), *STEPS]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    before = (out / "last.pt").read_bytes()
+    result = CliRunner().invoke(cli, [*args, "--resume", "--lr", "0.01"])
+    assert_one_line_error(result, "trained with lr=0.001, not 0.01", "same settings")
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_an_old_checkpoint_without_the_newer_options_still_resumes(data_dir: Path, tmp_path: Path) -> None:
+    from capsrobust.training import LEGACY_CONFIG
+
+    out = tmp_path / "old"
+    args = ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out), *STEPS]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    checkpoint = load_checkpoint(out / "last.pt")
+    checkpoint["config"] = {k: v for k, v in checkpoint["config"].items()
+                            if k not in (*LEGACY_CONFIG, "lr_decay_every", "preset")}
+    checkpoint["step"] = 3  # as if stopped half way, before these options existed
+    save_checkpoint(out / "last.pt", {k: v for k, v in checkpoint.items() if k not in ("format", "version")})
+    result = CliRunner().invoke(cli, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "resuming cnn at step 3/6" in result.output and load_checkpoint(out / "last.pt")["step"] == 6

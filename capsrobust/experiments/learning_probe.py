@@ -37,7 +37,7 @@ from capsrobust.errors import ConfigError
 from capsrobust.models import MODEL_NAMES, BaselineCNN, MatrixCapsNet, build_model, is_capsule_model, score_kind
 from capsrobust.models.prediction import predict_scores
 from capsrobust.presets import PRESET_NAMES, resolve_preset
-from capsrobust.training import TrainConfig, learning_rate, loss_function
+from capsrobust.training import TrainConfig, learning_rate, loss_function, same_run
 
 __all__ = ["Variant", "parse_variant", "probe_full", "probe_subset", "score_spread", "steps_to_accuracy"]
 
@@ -57,11 +57,9 @@ class Variant:
     options: tuple[tuple[str, Any], ...] = ()
 
     def train_config(self, **fields: Any) -> TrainConfig:
-        """The resolved :class:`TrainConfig` of this variant (``fields`` fill the rest)."""
-        config = TrainConfig(model=self.model, preset=self.preset, model_overrides=dict(self.options),
-                             **{**fields, **dict(self.training)})
-        config.validate()
-        return resolve_preset(config)
+        """The resolved (and checked) :class:`TrainConfig` of this variant (``fields`` fill the rest)."""
+        return resolve_preset(TrainConfig(model=self.model, preset=self.preset, model_overrides=dict(self.options),
+                                          **{**fields, **dict(self.training)}))
 
 
 #: Keys a variant cannot set: the data decides the input channels, the task the classes, the code the routing.
@@ -281,32 +279,14 @@ def _run_name(variant: Variant, seed: int) -> str:
 
 
 def _check_same_recipe(run_dir: Path, config: TrainConfig) -> None:
-    """Refuse to reuse a run directory whose run.json records other options than ``config``."""
+    """Refuse to reuse a run directory whose run.json records another run than ``config``
+    (:func:`~capsrobust.training.same_run`, naming the first differing option)."""
     run_json = run_dir / "run.json"
     if not run_json.exists():
         return
-    saved = json.loads(run_json.read_text()).get("config", {})
-    saved = {**saved, "model_overrides": _with_defaults(config.model, saved.get("model_overrides", {}))}
-    wanted = {"model_overrides": _with_defaults(config.model, config.model_overrides)}
-    for key in ("model", "model_overrides", "margin_schedule", "lr", "batch_size", "seed"):
-        want = wanted.get(key, getattr(config, key))
-        if saved.get(key) != want:
-            raise ConfigError(f"{run_dir} holds a run with {key}={saved.get(key)!r}, not {want!r}; "
-                              "choose another --runs directory")
-
-
-def _with_defaults(model: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """A model's options with the builder's defaults filled in, so {} and {"iterations": 3} compare equal."""
-    import inspect
-
-    if not is_capsule_model(model):
-        return dict(overrides)
-    from capsrobust.models import MatrixCapsNet
-
-    defaults = {name: p.default for name, p in inspect.signature(MatrixCapsNet.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty and name != "routing"}
-    defaults["iterations"] = 3  # both capsule builders' own default
-    return {**defaults, **overrides}
+    difference = same_run(json.loads(run_json.read_text()).get("config", {}), config)
+    if difference is not None:
+        raise ConfigError(f"{run_dir} holds a run {difference}; choose another --runs directory")
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
