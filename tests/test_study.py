@@ -281,6 +281,21 @@ def test_foreign_or_unfinished_training_runs_are_refused(data_dir: Path, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_train_runs_of_another_recipe_are_refused_naming_the_option(data_dir: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from capsrobust.checkpoints import save_checkpoint
+
+    wanted = study.STUDY_BUDGETS["quick"].train_config("capsules-small", data_dir=None, mode="stereo", seed=0)
+    other = {**dataclasses.asdict(wanted), "lr": 0.01}  # a finished run of today's recipe but for its learning rate
+    save_checkpoint(tmp_path / "runs" / "capsules-small-seed0" / "last.pt",
+                    {"model": "capsules-small", "config": other, "step": 4, "total_steps": 4})
+    args = ["study", "--data-dir", str(data_dir), "--out", str(tmp_path / "out"), "--train-runs", str(tmp_path / "runs")]
+    assert_one_line_error(CliRunner().invoke(cli, args), "capsules-small-seed0/last.pt",
+                          f"trained with lr=0.01, not {wanted.lr}", "--train-runs")
+    assert not (tmp_path / "out").exists()
+
+
 def test_help_teaches_with_examples() -> None:
     result = CliRunner().invoke(cli, ["study", "--help"])
     assert result.exit_code == 0

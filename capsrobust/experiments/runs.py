@@ -4,12 +4,12 @@
 viewpoint experiment and the study: a finished run with the same settings and data is reused, a
 partial one resumed (exactly: :func:`capsrobust.training.train` with ``resume=True``), anything else
 refused with one line. :func:`finished_run` accepts a run trained elsewhere (read-only: it is
-never resumed or written to).
+never resumed or written to) when it is the run wanted. Both decide "the same run" by
+:func:`capsrobust.training.same_run` over :data:`~capsrobust.training.RUN_KEYS`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -21,14 +21,9 @@ from capsrobust.checkpoints import check_trained_on, load_checkpoint
 from capsrobust.checkpoints import load_model as load_checkpoint_model
 from capsrobust.data.prepared import PreparedData
 from capsrobust.errors import CheckpointError, ConfigError
-from capsrobust.training import LEGACY_CONFIG, TrainConfig, train
+from capsrobust.training import RUN_KEYS, TrainConfig, same_run, train
 
 __all__ = ["RUN_KEYS", "device", "finished_run", "load_model", "train_or_reuse"]
-
-#: Settings a reused run must share with the experiment (besides the data, checked by the data guard).
-RUN_KEYS = ("model", "split", "mode", "seed", "steps", "epochs", "batch_size", "lr", "lr_decay", "eval_every",
-            "max_eval_examples", "target_familiar_error", "keep_checkpoints", "model_overrides", "margin_schedule",
-            "ema_decay", "holdout", "shape_jitter")
 
 
 def device() -> torch.device:
@@ -63,13 +58,10 @@ def train_or_reuse(config: TrainConfig, run_dir: Path, data: PreparedData, *, re
         raise ConfigError(f"{run_dir} already holds a run; pass --reuse to reuse finished trainings and resume "
                           "partial ones, or choose another --out")
     checkpoint = load_checkpoint(last)
-    saved = checkpoint.get("config", {})
-    defaults = {**dataclasses.asdict(type(config)()), **LEGACY_CONFIG}
-    for key in RUN_KEYS:
-        have, want = saved.get(key, defaults[key]), getattr(config, key)
-        if have != want:
-            raise CheckpointError(f"{last}: trained with {key}={have!r}, this experiment needs {want!r}; "
-                                  "run with the same budget and options or choose another --out")
+    difference = same_run(checkpoint.get("config", {}), config)
+    if difference is not None:
+        raise CheckpointError(f"{last}: {difference} as this experiment needs; "
+                              "run with the same budget and options or choose another --out")
     check_trained_on(last, checkpoint, data, advice="choose another --out", log=log)
     if checkpoint["step"] >= checkpoint["total_steps"]:
         log(f"reusing finished run {run_dir} ({checkpoint['step']} steps)")
@@ -78,24 +70,22 @@ def train_or_reuse(config: TrainConfig, run_dir: Path, data: PreparedData, *, re
     return "resumed"
 
 
-def finished_run(run_dir: Path, *, model: str, seed: int, data: PreparedData,
+def finished_run(run_dir: Path, config: TrainConfig, *, data: PreparedData,
                  log: Callable[[str], None]) -> dict[str, Any]:
-    """Check that ``run_dir`` holds a *finished* ``model`` run of ``seed`` on ``data``'s split and mode,
-    trained on this data; return its ``last.pt`` checkpoint (read only, never resumed here).
+    """Check that ``run_dir`` holds a *finished* run of the resolved ``config`` (every option of
+    :data:`RUN_KEYS`), trained on ``data``; return its ``last.pt`` checkpoint (read only, never resumed here).
 
-    One-line :class:`CheckpointError` otherwise, saying how to finish or replace it.
+    One-line :class:`CheckpointError` otherwise, naming the differing option or saying how to finish it.
     """
     last = run_dir / "last.pt"
     if not last.is_file():
         raise CheckpointError(f"{last}: not found; the run directory must hold a finished "
-                              f"`capsrobust train --model {model} --seed {seed}` run")
+                              f"`capsrobust train --model {config.model} --seed {config.seed}` run")
     checkpoint = load_checkpoint(last)
-    config = checkpoint.get("config", {})
-    for key, want in (("model", model), ("seed", seed), ("split", data.split), ("mode", data.mode)):
-        have = checkpoint.get(key, config.get(key))
-        if have != want:
-            raise CheckpointError(f"{last}: a run with {key}={have!r}, the study needs {want!r}; "
-                                  "point at the right run directory")
+    difference = same_run(checkpoint.get("config", {}), config)
+    if difference is not None:
+        raise CheckpointError(f"{last}: {difference} as the study needs; point at runs of today's recipe "
+                              "or train them here (drop --train-runs)")
     if int(checkpoint["step"]) < int(checkpoint["total_steps"]):
         raise CheckpointError(f"{last}: unfinished ({checkpoint['step']} of {checkpoint['total_steps']} steps); "
                               f"finish it with `capsrobust train ... --out {run_dir} --resume` first")
