@@ -1,10 +1,10 @@
-"""`capsrobust study`: end to end on a tiny budget and tiny data, its resume, its bad inputs, and the
-rule that decides who is better."""
+"""`capsrobust study`: end to end on a tiny budget and tiny data, its resume, its bad inputs, its stage
+store, budgets keyed by kind of model, and the answers decided in experiments and rendered by reporting."""
 
 from __future__ import annotations
 
 import json
-import math
+import time
 from pathlib import Path
 
 import pytest
@@ -12,10 +12,12 @@ from click.testing import CliRunner
 
 from capsrobust.errors import ConfigError
 from capsrobust.experiments import study
-from capsrobust.experiments.study import StudyBudget, load_stage, run_study, stage_names
+from capsrobust.experiments.budgets import ModelBudget
+from capsrobust.experiments.study import StageStore, StudyBudget, load_stage, run_study, stage_names
+from capsrobust.experiments.study import stages as study_stages
 from capsrobust.experiments.viewpoint import ViewpointBudget
 from capsrobust.paths import CACHE_ENV
-from capsrobust.reporting.study import HEADLINE_END, HEADLINE_START, MIN_GAP, compare
+from capsrobust.reporting.study import HEADLINE_END, HEADLINE_START
 from capsrobust_cli.main import cli
 from tests.conftest import write_dataset
 from tests.test_cli_data import assert_one_line_error
@@ -23,12 +25,12 @@ from tests.test_cli_data import assert_one_line_error
 # Info azimuths 0, 2 (familiar) and 10, 18 (novel); elevation indices 0 (familiar) and 4 (novel).
 TINY_VIEWS = {"azimuths": (0, 2, 10, 18), "elevations": (0, 4)}
 #: Seconds, not minutes: a few steps of each model, two eps values, the cheap attacks.
+TINY_MODELS = {"capsule": ModelBudget(steps=4, overrides={"iterations": 1}), "cnn": ModelBudget(steps=4)}
 TINY = StudyBudget(
-    "tiny", smoke=True, seeds=1, capsule_overrides={"iterations": 1}, batch_size=8, capsule_steps=4, cnn_steps=4,
-    eval_every=2, matched_cnn_steps=4, matched_eval_every=2, attacks=("fgsm", "bim", "transfer", "vote"),
-    targeted_attacks=("fgsm",), attack_steps=2, attack_images=16, targeted_images=8, eps=(0.0, 0.05),
-    viewpoint=ViewpointBudget("tiny", cnn_steps=4, capsule_steps=4, batch_size=8, eval_every=2,
-                              capsule_overrides={"iterations": 1}),
+    "tiny", smoke=True, seeds=1, models=TINY_MODELS, batch_size=8, eval_every=2, matched_cnn_steps=4,
+    matched_eval_every=2, attacks=("fgsm", "bim", "transfer", "vote"), targeted_attacks=("fgsm",), attack_steps=2,
+    attack_images=16, targeted_images=8, eps=(0.0, 0.05),
+    viewpoint=ViewpointBudget("tiny", models=TINY_MODELS, batch_size=8, eval_every=2),
 )
 QUIET = {"progress": False, "log": lambda _: None}
 
@@ -166,12 +168,12 @@ def test_killed_after_a_stage_and_rerun_it_continues_where_it_stopped(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_torch_thread: None
 ) -> None:
     budget = StudyBudget(**{**TINY.__dict__, "targeted_attacks": ()})
-    real_attack = study._stage_attack
+    real_attack = study_stages.stage_attack
 
     def killed(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt  # as if the process were stopped during the first attack stage
 
-    monkeypatch.setattr(study, "_stage_attack", killed)
+    monkeypatch.setattr(study_stages, "stage_attack", killed)
     with pytest.raises(KeyboardInterrupt):
         run_study(tmp_path, budget=budget, data_dir=data_dir, **QUIET)
     finished = _stamps(tmp_path)
@@ -179,7 +181,7 @@ def test_killed_after_a_stage_and_rerun_it_continues_where_it_stopped(
                                                                     "stages/train-seed0/done.json"]
     assert load_stage(tmp_path, "attack-untargeted-seed0") is None
 
-    monkeypatch.setattr(study, "_stage_attack", real_attack)
+    monkeypatch.setattr(study_stages, "stage_attack", real_attack)
     result = run_study(tmp_path, budget=budget, data_dir=data_dir, reuse=True, **QUIET)
     after = _stamps(tmp_path)
     assert {p: after[p] for p in finished} == finished  # neither the stages nor the trainings were redone
@@ -192,7 +194,7 @@ def test_cli_interrupted_says_how_to_continue(data_dir: Path, tmp_path: Path, mo
         raise KeyboardInterrupt
 
     monkeypatch.setitem(study.STUDY_BUDGETS, "quick", TINY)
-    monkeypatch.setattr(study, "_stage_attack", killed)
+    monkeypatch.setattr(study_stages, "stage_attack", killed)
     result = CliRunner().invoke(cli, ["study", "--data-dir", str(data_dir), "--out", str(tmp_path), "--no-progress"])
     assert result.exit_code == 130 and "study interrupted" in result.output and "--reuse" in result.output
     assert "Traceback" not in result.output
@@ -303,7 +305,7 @@ def test_help_teaches_with_examples() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Budgets and the rule for "better"
+# Budgets keyed by kind of model, and the stage store
 
 
 def test_budgets_are_valid_and_quick_is_a_smoke_run() -> None:
@@ -321,14 +323,34 @@ def test_budgets_are_valid_and_quick_is_a_smoke_run() -> None:
         StudyBudget("bad", smoke=True, seeds=1, targeted_attacks=("apgd",)).validate()
 
 
-def test_compare_needs_a_gap_above_the_floor_and_the_seed_spread() -> None:
-    assert compare([0.10, 0.12], [0.30, 0.31])[0] == "capsules"  # lower is better
-    assert compare([0.30], [0.10])[0] == "cnn"
-    better, difference, spread = compare([0.10], [0.10 + MIN_GAP / 2])
-    assert better == "neither" and math.isnan(spread)
-    # A 5-point mean gap that flips sign between seeds is no difference.
-    assert compare([0.10, 0.30], [0.20, 0.10])[0] == "neither"
-    assert compare([0.10, 0.12], [0.20, 0.21])[1] == pytest.approx(-0.095)
+def test_budgets_hold_one_training_per_kind_of_model_and_give_each_model_its_own() -> None:
+    full = study.STUDY_BUDGETS["full"]
+    assert (full.model("capsules-small").epochs, full.model("cnn").epochs) == (30, 20)
+    assert full.model("capsules").epochs == 30  # told by the model's kind, not its name
+    caps = TINY.train_config("capsules-small", data_dir=None, mode="stereo", seed=0)
+    cnn = TINY.train_config("cnn", data_dir=None, mode="stereo", seed=0)
+    assert (caps.steps, cnn.steps) == (4, 4)
+    assert caps.model_overrides["iterations"] == 1 and cnn.model_overrides == {}
+    with pytest.raises(ConfigError, match="capsule, cnn"):
+        StudyBudget("bad", smoke=True, seeds=1, models={"capsules-small": ModelBudget(steps=4)})
+    with pytest.raises(ConfigError, match="capsule, cnn"):
+        ViewpointBudget("bad", models={"capsule": ModelBudget()})
+
+
+def test_stage_store_owns_each_stage_directory_and_its_record(tmp_path: Path) -> None:
+    import pandas as pd
+
+    store = StageStore(tmp_path)
+    assert store.load("train-seed0") is None
+    store.write_table("train-seed0", "table.csv", pd.DataFrame({"a": [1, 2]}))
+    record = store.finish("train-seed0", {"seed": 0}, time.perf_counter())
+    assert store.path("train-seed0", "done.json") == tmp_path / "stages" / "train-seed0" / "done.json"
+    assert load_stage(tmp_path, "train-seed0") == record and record["stage"] == "train-seed0" and record["seed"] == 0
+    assert store.read_table("train-seed0", "table.csv")["a"].tolist() == [1, 2]
+    store.path("match-seed0", "done.json").parent.mkdir(parents=True)
+    store.path("match-seed0", "done.json").write_text("{torn")  # hand-edited: the stage is redone
+    assert store.load("match-seed0") is None
+    assert not list((tmp_path / "stages" / "train-seed0").glob("*.tmp"))  # atomic writes leave no temporaries
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,12 +383,11 @@ def test_viewpoint_stage_keeps_every_checkpoint_of_both_models_and_matches_both_
     assert f"[{100 * validation['ci_low']:+.1f}, {100 * validation['ci_high']:+.1f}]" in answer["line"]
 
 
-def _viewpoint_line(first_run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch,
-                    **changes: object) -> tuple[str, bool]:
-    """The azimuth answer of the first run with the validation pair's verdict or matching changed."""
-    from types import SimpleNamespace
-
-    from capsrobust.reporting.study import _viewpoint_answer
+def _viewpoint_line(first_run: tuple[Path, str], **changes: object) -> tuple[str, bool]:
+    """The azimuth answer of the first run with the validation pair's verdict or matching changed: decided by
+    experiments (``viewpoint_answer``), rendered by reporting."""
+    from capsrobust.experiments.viewpoint_answer import viewpoint_answer
+    from capsrobust.reporting.study import _viewpoint_line as render
 
     out, _ = first_run
     result = study.load_viewpoint_result(out, "azimuth")
@@ -380,26 +401,28 @@ def _viewpoint_line(first_run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
         result.per_seed.loc[caps, "matching_error"] = result.per_seed.loc[rows & ~caps, "matching_error"].iloc[0] \
             + changes["gap"]
         result.per_seed.loc[rows, "matched"] = abs(changes["gap"]) <= 0.01
-    monkeypatch.setattr(study, "load_viewpoint_result", lambda *_: result)
-    answer = _viewpoint_answer(SimpleNamespace(out=out, budget=TINY), "azimuth")
-    return answer.line, answer.supported
+    answer = viewpoint_answer(result, "azimuth")
+    if "better" in changes:
+        assert answer.better == changes["better"]
+    shown = render(answer, "capsules-small")
+    assert (shown.better, shown.supported) == (answer.better, answer.supported)
+    return shown.line, shown.supported
 
 
 def test_viewpoint_answer_gives_the_direction_with_its_interval_or_the_detectable_difference(
-        first_run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    line, _ = _viewpoint_line(first_run, monkeypatch, better="cnn", difference=0.031, ci_low=0.012, ci_high=0.050)
+        first_run: tuple[Path, str]) -> None:
+    line, _ = _viewpoint_line(first_run, better="cnn", difference=0.031, ci_low=0.012, ci_high=0.050)
     assert "**the CNN generalises better**" in line and "difference +3.1 points [+1.2, +5.0]" in line
-    line, _ = _viewpoint_line(first_run, monkeypatch, better="neither", difference=0.01, ci_low=-0.02, ci_high=0.04,
+    line, _ = _viewpoint_line(first_run, better="neither", difference=0.01, ci_low=-0.02, ci_high=0.04,
                               detectable=0.042)
     assert "**no difference detectable; the smallest detectable difference is 4.2 points**" in line
 
 
-def test_viewpoint_answer_reports_a_pair_more_than_one_point_apart(first_run: tuple[Path, str],
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    line, supported = _viewpoint_line(first_run, monkeypatch, gap=0.03)
+def test_viewpoint_answer_reports_a_pair_more_than_one_point_apart(first_run: tuple[Path, str]) -> None:
+    line, supported = _viewpoint_line(first_run, gap=0.03)
     assert not supported and "gap +3.0 points" in line
     assert "**Not supported as it stands:** 1/1 pair(s) more than 1 point apart in familiar error (seed 0)" in line
-    line, supported = _viewpoint_line(first_run, monkeypatch, gap=-0.005)
+    line, supported = _viewpoint_line(first_run, gap=-0.005)
     assert supported and "gap -0.5 points" in line and "Every pair within 1 point." in line
 
 

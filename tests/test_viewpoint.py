@@ -316,7 +316,7 @@ def test_cli_writes_table2_for_both_models_and_protocols(first_run: tuple[Path, 
 
     record = json.loads((out / "provenance.json").read_text())
     assert record["seeds"] == [0] and record["dataset"] == "smallNORB" and len(record["dataset_checksum"]) == 64
-    assert record["budget"]["cnn_steps"] == 4
+    assert record["budget"]["models"]["cnn"]["steps"] == 4
     assert {c["sha256"] for c in record["checkpoints"]} and all(len(c["sha256"]) == 64 for c in record["checkpoints"])
     assert "viewpoint-split azimuth" in record["command"]
 
@@ -479,7 +479,8 @@ def test_extrapolation_render_of_another_seed_is_refused(tmp_path: Path) -> None
 
 def test_budget_overrides_reach_the_capsule_config_only() -> None:
     budget = get_budget("quick").with_overrides(iterations=2, lambda_scale=10.0)
-    assert budget.capsule_overrides == {"iterations": 2, "lambda_scale": 10.0}
+    assert budget.models["capsule"].overrides == {"iterations": 2, "lambda_scale": 10.0}
+    assert budget.models["cnn"].overrides == {}
     caps = budget.train_config("capsules-small", split="azimuth", data_dir=None, mode="stereo", seed=0, n_train=64)
     cnn = budget.train_config("cnn", split="azimuth", data_dir=None, mode="stereo", seed=0, n_train=64)
     from capsrobust.presets import PRESETS
@@ -493,6 +494,7 @@ def test_budget_overrides_reach_the_capsule_config_only() -> None:
 
 def test_per_model_step_overrides_apply_after_the_shared_ones() -> None:
     budget = get_budget("full").with_overrides(steps=100, cnn_steps=30)
-    assert (budget.cnn_steps, budget.capsule_steps) == (30, 100)
+    assert (budget.models["cnn"].steps, budget.models["capsule"].steps) == (30, 100)
+    assert budget.model("capsules-small") is budget.models["capsule"] and budget.model("cnn") is budget.models["cnn"]
     with pytest.raises(ConfigError, match="--capsule-steps"):
         get_budget("full").with_overrides(capsule_steps=0)

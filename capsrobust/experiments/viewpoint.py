@@ -49,6 +49,8 @@ from capsrobust.evaluation.viewpoint import (BIN_WIDTH, BOOTSTRAP_DRAWS, FAMILIA
                                              curve_difference, error_by_distance, lighting_halves, load_view_test_set,
                                              matched_difference, per_toy_counts, predict_classes, select_two_way,
                                              toy_bootstrap_weights, toy_index, viewpoint_split)
+from capsrobust.experiments.budgets import (CAPSULE, CNN_KIND, KINDS, ModelBudget, check_kinds, kind_of,
+                                            models_from_record)
 from capsrobust.experiments.runs import load_model, train_or_reuse
 from capsrobust.models import MODEL_NAMES, is_capsule_model
 from capsrobust.progress import progress_bar
@@ -66,21 +68,34 @@ CNN = "cnn"
 
 @dataclass(frozen=True)
 class ViewpointBudget:
-    """How long each model trains and how often it is evaluated (a matching candidate per evaluation)."""
+    """How long each kind of model trains (``models``: a :class:`ModelBudget` per kind, ``capsule`` and
+    ``cnn``) and how often it is evaluated (a matching candidate per evaluation)."""
 
     name: str
-    cnn_steps: int | None = None
-    cnn_epochs: float | None = None
-    capsule_steps: int | None = None
-    capsule_epochs: float | None = None
+    models: dict[str, ModelBudget] = field(default_factory=lambda: {kind: ModelBudget() for kind in KINDS})
     batch_size: int = 32
     eval_every: int = 0  # 0: both models every steps // checkpoints_per_run steps
     checkpoints_per_run: int = 40  # evaluations per run, each keeping an evaluation-only checkpoint (protocol: 30-60)
     max_eval_examples: int = 0  # 0: whole validation sets
-    capsule_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"iterations": 2}
     extrapolation_lightings: tuple[int, ...] | None = None  # None: all six
     max_test_examples: int = 0  # 0: the whole test set; else a fixed random subset (seeded) of this many
     max_extrapolation_examples: int = 0  # the same for the extrapolation views
+
+    def __post_init__(self) -> None:
+        check_kinds(self.models, self.name)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "ViewpointBudget":
+        """The budget as ``dataclasses.asdict`` saved it (JSON lists back to tuples)."""
+        fields = dict(record)
+        fields["models"] = models_from_record(fields["models"])
+        if fields.get("extrapolation_lightings") is not None:
+            fields["extrapolation_lightings"] = tuple(fields["extrapolation_lightings"])
+        return cls(**fields)
+
+    def model(self, model: str) -> ModelBudget:
+        """The training budget of ``model``'s kind."""
+        return self.models[kind_of(model)]
 
     def with_overrides(self, *, steps: int | None = None, epochs: float | None = None, batch_size: int | None = None,
                        eval_every: int | None = None, iterations: int | None = None,
@@ -88,22 +103,10 @@ class ViewpointBudget:
                        capsule_steps: int | None = None) -> "ViewpointBudget":
         """This budget with the given values replacing its own (``steps``/``epochs`` apply to both models;
         ``cnn_steps``/``capsule_steps`` to one, after them)."""
-        changes: dict[str, Any] = {}
-        if steps is not None:
-            if steps < 1:
-                raise ConfigError(f"--steps must be at least 1, got {steps}")
-            changes.update(cnn_steps=steps, capsule_steps=steps)
-        if epochs is not None:
-            if not epochs > 0:
-                raise ConfigError(f"--epochs must be positive, got {epochs}")
-            changes.update(cnn_epochs=epochs, capsule_epochs=epochs)
-            if steps is None:
-                changes.update(cnn_steps=None, capsule_steps=None)
-        for key, value in (("cnn_steps", cnn_steps), ("capsule_steps", capsule_steps)):
-            if value is not None:
-                if value < 1:
-                    raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
-                changes[key] = value
+        models = _override_models(self.models, steps=steps, epochs=epochs,
+                                  kind_steps={CNN_KIND: cnn_steps, CAPSULE: capsule_steps},
+                                  capsule_options={"iterations": iterations, "lambda_scale": lambda_scale})
+        changes: dict[str, Any] = {} if models == self.models else {"models": models}
         if batch_size is not None:
             if batch_size < 1:
                 raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -112,15 +115,6 @@ class ViewpointBudget:
             if eval_every < 0:
                 raise ConfigError(f"--eval-every must be 0 (automatic) or positive, got {eval_every}")
             changes["eval_every"] = eval_every
-        if iterations is not None:
-            if iterations < 1:
-                raise ConfigError(f"--iterations must be at least 1, got {iterations}")
-            changes["capsule_overrides"] = {**self.capsule_overrides, "iterations": iterations}
-        if lambda_scale is not None:
-            if not lambda_scale > 0:
-                raise ConfigError(f"--lambda-scale must be positive (1 = official), got {lambda_scale}")
-            overrides = changes.get("capsule_overrides", self.capsule_overrides)
-            changes["capsule_overrides"] = {**overrides, "lambda_scale": lambda_scale}
         if not changes:
             return self
         return dataclasses.replace(self, name=f"{self.name} (overridden)", **changes)
@@ -138,27 +132,56 @@ class ViewpointBudget:
         from capsrobust.presets import resolve_preset
         from capsrobust.training import TrainConfig, total_steps
 
-        is_cnn = not is_capsule_model(model)
+        own = self.model(model)
         config = TrainConfig(
             model=model, split=split, data_dir=data_dir, mode=mode, seed=seed, batch_size=self.batch_size,
-            steps=self.cnn_steps if is_cnn else self.capsule_steps,
-            epochs=self.cnn_epochs if is_cnn else self.capsule_epochs,
-            max_eval_examples=self.max_eval_examples, keep_checkpoints=True,
-            model_overrides={} if is_cnn else dict(self.capsule_overrides),
+            steps=own.steps, epochs=own.epochs, max_eval_examples=self.max_eval_examples, keep_checkpoints=True,
+            model_overrides=dict(own.overrides),
         )
         config.eval_every = self.eval_every_for(total_steps(config, n_train))
         return resolve_preset(config)  # as training records it, so a reused run compares like with like
+
+
+def _override_models(models: dict[str, ModelBudget], *, steps: int | None, epochs: float | None,
+                     kind_steps: dict[str, int | None], capsule_options: dict[str, Any]) -> dict[str, ModelBudget]:
+    """The per-kind budgets with the command line's overrides applied (each checked: one line if bad)."""
+    changed = dict(models)
+    if steps is not None:
+        if steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {steps}")
+        changed = {kind: budget.replace(steps=steps) for kind, budget in changed.items()}
+    if epochs is not None:
+        if not epochs > 0:
+            raise ConfigError(f"--epochs must be positive, got {epochs}")
+        changed = {kind: budget.replace(epochs=epochs, **({} if steps is not None else {"steps": None}))
+                   for kind, budget in changed.items()}
+    for kind, value in kind_steps.items():
+        if value is not None:
+            if value < 1:
+                raise ConfigError(f"--{kind}-steps must be at least 1, got {value}")
+            changed[kind] = changed[kind].replace(steps=value)
+    for option, value in capsule_options.items():
+        if value is None:
+            continue
+        if option == "iterations" and value < 1:
+            raise ConfigError(f"--iterations must be at least 1, got {value}")
+        if option == "lambda_scale" and not value > 0:
+            raise ConfigError(f"--lambda-scale must be positive (1 = official), got {value}")
+        capsule = changed[CAPSULE]
+        changed[CAPSULE] = capsule.replace(overrides={**capsule.overrides, option: value})
+    return changed
 
 
 BUDGETS: dict[str, ViewpointBudget] = {
     # Smoke run: a few hundred steps on a validation subsample, extrapolation at one lighting, 30 kept
     # checkpoints per run. Test sets subsampled (1,000 test, 1,000 extrapolation images): every kept
     # checkpoint is scored on the test images, and a capsule net scores ~300 images/s on 2 CPU cores.
-    "quick": ViewpointBudget("quick", cnn_steps=200, capsule_steps=200, checkpoints_per_run=30, max_eval_examples=500,
-                             extrapolation_lightings=(0,), max_test_examples=1000, max_extrapolation_examples=1000),
+    "quick": ViewpointBudget("quick", models={CAPSULE: ModelBudget(steps=200), CNN_KIND: ModelBudget(steps=200)},
+                             checkpoints_per_run=30, max_eval_examples=500, extrapolation_lightings=(0,),
+                             max_test_examples=1000, max_extrapolation_examples=1000),
     # Comparable to a real run: 10 epochs each, 40-60 kept checkpoints per run, every one scored on all 24,300
     # test images (~1 hour per capsule run on 2 CPU cores at ~300 images/s; minutes on a GPU).
-    "full": ViewpointBudget("full", cnn_epochs=10, capsule_epochs=10),
+    "full": ViewpointBudget("full", models={CAPSULE: ModelBudget(epochs=10), CNN_KIND: ModelBudget(epochs=10)}),
 }
 
 
@@ -361,6 +384,28 @@ def viewpoint_experiment(
         extrapolation_error (errors as fractions).
     """
     start = time.perf_counter()
+    budget, seeds = _checked_arguments(split, budget, mode, capsule_model, seeds)
+    data = prepare_data(data_dir, split, mode)
+    extra_set, extra_info = _extrapolation_views(split, data, data_dir, mode, budget, extrapolation,
+                                                 extrapolation_dir, progress, log)
+    scoring = _Scoring.build(split, Path(out_dir), data, budget, extra_set)
+    runs: list[dict[str, Any]] = []
+    trajectories = {seed: _train_and_score_seed(seed, (CNN, capsule_model), scoring, budget, data_dir, mode, reuse,
+                                                runs, progress, log) for seed in seeds}
+    tables = _matched_tables(trajectories, scoring)
+    return ViewpointResult(
+        split=split, dataset=data.describe(), dataset_name=data.dataset, mode=mode, dataset_checksum=data.checksum,
+        capsule_model=capsule_model, budget=budget, seeds=seeds, per_seed=tables["per_seed"],
+        distance=tables["distance"], trajectory=tables["trajectory"],
+        differences=_differences(tables["per_seed"], trajectories, scoring, capsule_model),
+        checkpoints=tables["checkpoints"], runs=runs, lightings=scoring.lightings, extrapolation=extra_info,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _checked_arguments(split: str, budget: str | ViewpointBudget, mode: str, capsule_model: str,
+                       seeds: Sequence[int]) -> tuple[ViewpointBudget, list[int]]:
+    """(the budget, the seeds as a list), every argument checked before any work (one-line errors)."""
     viewpoint_split(split)
     budget = get_budget(budget) if isinstance(budget, str) else budget
     if mode not in ("stereo", "mono"):
@@ -371,48 +416,55 @@ def viewpoint_experiment(
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ConfigError("--seeds must be at least 1")
+    return budget, seeds
 
-    data = prepare_data(data_dir, split, mode)
-    want_extrapolation = data.dataset == "synthnorb" if extrapolation is None else extrapolation
-    extra_set, extra_info = None, None
-    if want_extrapolation:
-        if data.dataset != "synthnorb":
-            raise ConfigError("extrapolation views exist only for synthnorb (smallNORB has no views outside its grid); "
-                              "pass --no-extrapolation or omit --data-dir")
-        extra_set, extra_info = _prepare_extrapolation(split, data_dir, mode, budget, extrapolation_dir, progress, log)
 
-    scoring = _Scoring.build(split, Path(out_dir), data, budget, extra_set)
-    n_train = len(data.indices.train)
+def _extrapolation_views(split: str, data: PreparedData, data_dir: str | os.PathLike[str] | None, mode: str,
+                         budget: ViewpointBudget, extrapolation: bool | None,
+                         extrapolation_dir: str | os.PathLike[str] | None, progress: bool,
+                         log: Callable[[str], None]) -> tuple[ViewTestSet | None, dict[str, Any] | None]:
+    """The extrapolation test set and its description, or (None, None) when not wanted (default: on synthnorb)."""
+    wanted = data.dataset == "synthnorb" if extrapolation is None else extrapolation
+    if not wanted:
+        return None, None
+    if data.dataset != "synthnorb":
+        raise ConfigError("extrapolation views exist only for synthnorb (smallNORB has no views outside its grid); "
+                          "pass --no-extrapolation or omit --data-dir")
+    return _prepare_extrapolation(split, data_dir, mode, budget, extrapolation_dir, progress, log)
+
+
+def _train_and_score_seed(seed: int, models: Sequence[str], scoring: "_Scoring", budget: ViewpointBudget,
+                          data_dir: str | os.PathLike[str] | None, mode: str, reuse: bool,
+                          runs: list[dict[str, Any]], progress: bool,
+                          log: Callable[[str], None]) -> dict[str, "_Trajectory"]:
+    """Train (or reuse) each of ``models`` for ``seed`` and score every kept checkpoint; appends to ``runs``."""
+    trajectories = {}
     data_dir_text = str(data_dir) if data_dir is not None else None
-    rows, distance_rows, trajectory_rows, checkpoints, runs = [], [], [], [], []
-    trajectories: dict[int, dict[str, _Trajectory]] = {}
-    for seed in seeds:
-        trajectories[seed] = {}
-        for model in (CNN, capsule_model):
-            run_dir = scoring.out / "runs" / f"{model}-seed{seed}"
-            config = budget.train_config(model, split=split, data_dir=data_dir_text, mode=mode, seed=seed,
-                                         n_train=n_train)
-            runs.append({"run": str(run_dir), "model": model, "seed": seed,
-                         "action": train_or_reuse(config, run_dir, data, reuse=reuse, progress=progress, log=log)})
-            trajectories[seed][model] = _score_run(model, run_dir, scoring, progress, log)
-            trajectory_rows.append(_trajectory_table(seed, trajectories[seed][model], scoring))
+    for model in models:
+        run_dir = scoring.out / "runs" / f"{model}-seed{seed}"
+        config = budget.train_config(model, split=scoring.split, data_dir=data_dir_text, mode=mode, seed=seed,
+                                     n_train=len(scoring.data.indices.train))
+        action = train_or_reuse(config, run_dir, scoring.data, reuse=reuse, progress=progress, log=log)
+        runs.append({"run": str(run_dir), "model": model, "seed": seed, "action": action})
+        trajectories[model] = _score_run(model, run_dir, scoring, progress, log)
+    return trajectories
+
+
+def _matched_tables(trajectories: dict[int, dict[str, "_Trajectory"]], scoring: "_Scoring") -> dict[str, Any]:
+    """Every seed's kept checkpoints (``trajectory``) and matched pairs under each protocol: ``per_seed``,
+    ``distance`` (tables) and ``checkpoints`` (the ones the answers rest on)."""
+    rows, distance_rows, trajectory_rows, checkpoints = [], [], [], []
+    for seed, models in trajectories.items():
+        trajectory_rows += [_trajectory_table(seed, trajectory, scoring) for trajectory in models.values()]
         for name in PROTOCOLS:
-            seed_rows, seed_distance, seed_checkpoints = _match_seed(seed, name, trajectories[seed], scoring)
+            seed_rows, seed_distance, seed_checkpoints = _match_seed(seed, name, models, scoring)
             rows += seed_rows
             distance_rows += seed_distance
             checkpoints += seed_checkpoints
-
     per_seed = pd.DataFrame(rows)
     per_seed["matched"] = per_seed["matched"].astype(object)
-    return ViewpointResult(
-        split=split, dataset=data.describe(), dataset_name=data.dataset, mode=mode, dataset_checksum=data.checksum,
-        capsule_model=capsule_model, budget=budget, seeds=seeds, per_seed=per_seed,
-        distance=pd.concat(distance_rows, ignore_index=True),
-        trajectory=pd.concat(trajectory_rows, ignore_index=True),
-        differences=_differences(per_seed, trajectories, scoring, capsule_model),
-        checkpoints=checkpoints, runs=runs, lightings=scoring.lightings, extrapolation=extra_info,
-        seconds=time.perf_counter() - start,
-    )
+    return {"per_seed": per_seed, "distance": pd.concat(distance_rows, ignore_index=True),
+            "trajectory": pd.concat(trajectory_rows, ignore_index=True), "checkpoints": checkpoints}
 
 
 def _score_run(model: str, run_dir: Path, scoring: _Scoring, progress: bool,
