@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from capsrobust.experiments.inspection import Subjects
 
 
 @click.command("inspect")
@@ -67,12 +71,26 @@ def inspect_caps(checkpoint: Path, count: int, routing: bool, image_index: int |
       capsrobust inspect runs/caps/best.pt --pose-probe --compare runs/cnn/best.pt --out results/inspect
       capsrobust inspect runs/caps/best.pt --reconstruct --decoder-seconds 180 --out results/inspect
     """
-    import torch
+    from capsrobust.experiments.inspection import load_subjects
 
-    from capsrobust.checkpoints import load_checkpoint, load_model
-    from capsrobust.data.transforms import center_crop
-    from capsrobust.models import is_capsule_model
-    from capsrobust.reporting import to_markdown
+    _check_options(routing, image_index, per_class, compare, pose_probe)
+    subjects = load_subjects(checkpoint, data_dir=data_dir, compare=compare,
+                             needs_capsule=_capsule_views(routing, reconstruct, pose_probe))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    if not (routing or pose_probe or reconstruct):
+        _layer_statistics(subjects, count, as_json)
+    if routing:
+        _routing(subjects, image_index, per_class or 16, out)
+    if pose_probe:
+        _pose_probe(subjects, probe_images, out)
+    if reconstruct:
+        _reconstruct(subjects, decoder_steps, decoder_seconds, out)
+
+
+def _check_options(routing: bool, image_index: int | None, per_class: int | None, compare: tuple[Path, ...],
+                   pose_probe: bool) -> None:
+    """One-line errors for options that exclude or need each other."""
     from capsrobust_cli.errors import UserError
 
     if image_index is not None and per_class is not None:
@@ -81,62 +99,12 @@ def inspect_caps(checkpoint: Path, count: int, routing: bool, image_index: int |
         raise UserError("--image and --per-class choose the images of --routing; add --routing")
     if compare and not pose_probe:
         raise UserError("--compare adds checkpoints to --pose-probe; add --pose-probe")
-    data = load_checkpoint(checkpoint)  # one-line error for a missing/foreign/truncated file
-    capsule = is_capsule_model(data["model"])
-    wants_capsule = [flag for flag, on in (("--routing", routing), ("--reconstruct", reconstruct)) if on]
-    if not capsule and (wants_capsule or not pose_probe):
-        what = " and ".join(wants_capsule) or "inspect"
-        raise UserError(f"{checkpoint} is a {data['model']} checkpoint; {what} looks inside capsule nets "
-                        "(capsules, capsules-small); only --pose-probe also takes a CNN")
-    compared = [(path, load_checkpoint(path)) for path in compare]
-    loaded = load_model(checkpoint, data_dir=data_dir, checkpoint=data, advice="pass the --data-dir it was trained on")
-    prepared, model = loaded.data, loaded.model
-    others = []
-    for path, other in compared:
-        if other["mode"] != data["mode"]:
-            raise UserError(f"{path} was trained on {other['mode']} images, {checkpoint} on {data['mode']}")
-        others.append(load_model(path, data=prepared, checkpoint=other,
-                                 advice="compare checkpoints trained on the same data"))
-    header = f"{checkpoint} ({data['model']}, step {data['step']}), {prepared.describe()}"
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-
-    if not (routing or pose_probe or reconstruct):
-        images, _ = prepared.subset("validation")
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count]
-        from capsrobust.evaluation.capsule_stats import capsule_layer_statistics
-
-        table = capsule_layer_statistics(model, center_crop(images[order]))
-        if as_json:
-            click.echo(json.dumps({"checkpoint": str(checkpoint), "step": data["step"], "dataset": prepared.describe(),
-                                   "images": len(order), "layers": table.to_dict(orient="records")}, indent=2))
-            return
-        click.echo(f"{header}: {len(order)} validation images")
-        click.echo(to_markdown(table, float_digits=3))
-        return
-    if routing:
-        _routing(checkpoint, data, model, prepared, image_index, per_class or 16, out, header)
-    if pose_probe:
-        _pose_probe([loaded, *others], prepared, probe_images, out, header)
-    if reconstruct:
-        _reconstruct(checkpoint, data, model, prepared, decoder_steps, decoder_seconds, out, header)
 
 
-def _validation_choice(prepared, image_index: int | None, per_class: int):
-    """(images, labels, indices into the validation set): one image, or K per class of a fixed shuffle."""
-    import torch
-
-    from capsrobust_cli.errors import UserError
-
-    images, labels = prepared.subset("validation")
-    if image_index is not None:
-        if image_index >= len(images):
-            raise UserError(f"--image {image_index} is out of range: the validation set has {len(images)} images")
-        chosen = torch.tensor([image_index])
-    else:
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-        chosen = torch.cat([order[labels[order] == k][:per_class] for k in range(int(labels.max()) + 1)])
-    return images[chosen], labels[chosen], chosen
+def _capsule_views(routing: bool, reconstruct: bool, pose_probe: bool) -> list[str]:
+    """The requested views that need a capsule net (the default layer statistics, ``inspect``, among them)."""
+    wanted = [flag for flag, on in (("--routing", routing), ("--reconstruct", reconstruct)) if on]
+    return wanted or ([] if pose_probe else ["inspect"])
 
 
 def _wrote(paths: list[Path]) -> str:
@@ -144,96 +112,68 @@ def _wrote(paths: list[Path]) -> str:
     return f"wrote {paths[0]}, {', '.join(p.name for p in paths[1:])}"
 
 
-def _routing(checkpoint, data, model, prepared, image_index, per_class, out, header) -> None:
+def _layer_statistics(subjects: "Subjects", count: int, as_json: bool) -> None:
+    from capsrobust.experiments.inspection import layer_statistics
+    from capsrobust.reporting import to_markdown
+
+    table, images = layer_statistics(subjects.main.model, subjects.data, count)
+    if as_json:
+        click.echo(json.dumps({"checkpoint": str(subjects.path), "step": subjects.checkpoint["step"],
+                               "dataset": subjects.data.describe(), "images": images,
+                               "layers": table.to_dict(orient="records")}, indent=2))
+        return
+    click.echo(f"{subjects.header()}: {images} validation images")
+    click.echo(to_markdown(table, float_digits=3))
+
+
+def _routing(subjects: "Subjects", image_index: int | None, per_class: int, out: Path | None) -> None:
     from capsrobust.data.transforms import center_crop
     from capsrobust.evaluation.routing_stats import inspect_routing
+    from capsrobust.experiments.inspection import routing_images
     from capsrobust.reporting.inspection import routing_subject, routing_text, write_routing_report
 
     started = time.perf_counter()
-    images, labels, chosen = _validation_choice(prepared, image_index, per_class)
-    records, class_table, conv_table = inspect_routing(model, center_crop(images), labels)
+    images, labels, chosen = routing_images(subjects.data, image_index, per_class)
+    records, class_table, conv_table = inspect_routing(subjects.main.model, center_crop(images), labels)
     what = routing_subject(image_index, per_class, labels)
-    click.echo(routing_text(header, what, class_table, conv_table))
+    click.echo(routing_text(subjects.header(), what, class_table, conv_table))
     if out is not None:
         click.echo(_wrote(write_routing_report(
-            out, checkpoint_path=checkpoint, checkpoint=data, header=header, what=what, image_index=image_index,
-            records=records, labels=labels, class_table=class_table, conv_table=conv_table, indices=chosen,
-            started=started)))
+            out, checkpoint_path=subjects.path, checkpoint=subjects.checkpoint, header=subjects.header(), what=what,
+            image_index=image_index, records=records, labels=labels, class_table=class_table,
+            conv_table=conv_table, indices=chosen, started=started)))
 
 
-def _pose_probe(loaded, prepared, probe_images, out, header) -> None:
-    import numpy as np
-
-    from capsrobust.data.transforms import center_crop
-    from capsrobust.evaluation.pose_probe import probe_features, probe_sample, viewpoint_probe_table
-    from capsrobust.models import is_capsule_model
+def _pose_probe(subjects: "Subjects", probe_images: tuple[int, int], out: Path | None) -> None:
+    from capsrobust.experiments.inspection import pose_probe
     from capsrobust.reporting.inspection import (combine_probe_tables, label_probe_table, pose_probe_text,
                                                  write_pose_probe_report)
 
     started = time.perf_counter()
-    splits = ("full", "azimuth", "elevation")
-    train_rows, test_rows = probe_sample(prepared, splits, *probe_images)
-    train_images = center_crop(prepared.images["training"][train_rows])
-    test_images = center_crop(prepared.images["testing"][test_rows])
-    tables = []
-    # Two references: "constant" (no features: the probe predicts the fitting set's mean, the score of
-    # knowing nothing about the image) and raw pixels.
-    subjects = [(None, None, "constant"), (None, None, "winning")]
-    for one in loaded:
-        kinds = ("winning", "masked") if is_capsule_model(one.name) else ("winning",)
-        subjects += [(one.model, one.checkpoint, kind) for kind in kinds]
-    for model, data, kind in subjects:
-        if kind == "constant":
-            train_x, test_x = np.zeros((len(train_rows), 1)), np.zeros((len(test_rows), 1))
-        else:
-            train_x = probe_features(model, train_images, capsule_features=kind)
-            test_x = probe_features(model, test_images, capsule_features=kind)
-        table = viewpoint_probe_table(train_x, test_x, prepared, train_rows, test_rows, splits)
-        tables.append(label_probe_table(table, data, kind))
-    table = combine_probe_tables(tables)
-    click.echo(pose_probe_text(table, prepared, training_rows=len(train_rows), testing_rows=len(test_rows),
+    loaded = [subjects.main, *subjects.others]
+    probe = pose_probe(loaded, subjects.data, probe_images)
+    table = combine_probe_tables([label_probe_table(t, checkpoint, kind) for t, checkpoint, kind in probe.tables])
+    click.echo(pose_probe_text(table, subjects.data, training_rows=probe.training_rows,
+                               testing_rows=probe.testing_rows,
                                trained_on_all_views=any(one.checkpoint["split"] == "full" for one in loaded)))
     if out is not None:
         click.echo(_wrote(write_pose_probe_report(
-            out, table, prepared, checkpoints=[(one.path, one.checkpoint) for one in loaded],
-            training_rows=len(train_rows), testing_rows=len(test_rows), started=started)))
+            out, table, subjects.data, checkpoints=[(one.path, one.checkpoint) for one in loaded],
+            training_rows=probe.training_rows, testing_rows=probe.testing_rows, started=started)))
 
 
-#: Where each pose entry is moved, in standard deviations of that entry over the fitting images.
-TRAVERSAL_STEPS = (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
-
-
-def _reconstruct(checkpoint, data, model, prepared, steps, seconds, out, header) -> None:
-    import torch
-
-    from capsrobust.data.transforms import center_crop
-    from capsrobust.experiments.decoder import pose_traversal, reconstruction_study, traversal_effects
+def _reconstruct(subjects: "Subjects", steps: int, seconds: float, out: Path | None) -> None:
+    from capsrobust.experiments.inspection import TRAVERSAL_STEPS, reconstruction
     from capsrobust.reporting.inspection import reconstruction_text, traversal_text, write_reconstruction_report
 
     started = time.perf_counter()
-    fit_images, fit_labels = prepared.subset("train")
-    held_images, held_labels = prepared.subset("validation")
-    generator = torch.Generator().manual_seed(0)
-    fit_pick = torch.randperm(len(fit_images), generator=generator)[:6000]
-    held_pick = torch.randperm(len(held_images), generator=generator)[:500]
-    fit_images, fit_labels = center_crop(fit_images[fit_pick]), fit_labels[fit_pick]
-    held_images, held_labels = center_crop(held_images[held_pick]), held_labels[held_pick]
-    result, held_poses, predicted = reconstruction_study(model, fit_images, fit_labels, held_images, held_labels,
-                                                         steps=steps, time_budget_s=seconds)
-    click.echo(reconstruction_text(header, result.metrics, len(fit_images)))
-    traversals = []
-    # One correctly classified held-out image per class (the first of each), traversed.
-    for k in range(int(held_labels.max()) + 1):
-        hits = ((held_labels == k) & (predicted == k)).nonzero().flatten()
-        if not len(hits):
-            continue
-        i = int(hits[0])
-        traversal = pose_traversal(result, held_poses[i], k, TRAVERSAL_STEPS)
-        traversals.append((k, i, traversal, traversal_effects(traversal, TRAVERSAL_STEPS).assign(class_index=k)))
-    if traversals:
-        click.echo(traversal_text(traversals))
+    done = reconstruction(subjects.main.model, subjects.data, steps=steps, seconds=seconds)
+    click.echo(reconstruction_text(subjects.header(), done.result.metrics, len(done.fit_images)))
+    if done.traversals:
+        click.echo(traversal_text(done.traversals))
     if out is not None:
         click.echo(_wrote(write_reconstruction_report(
-            out, checkpoint_path=checkpoint, checkpoint=data, header=header, result=result, fit_images=fit_images,
-            fit_labels=fit_labels, held_images=held_images, held_labels=held_labels, held_poses=held_poses,
-            predicted=predicted, traversals=traversals, steps=TRAVERSAL_STEPS, started=started)))
+            out, checkpoint_path=subjects.path, checkpoint=subjects.checkpoint, header=subjects.header(),
+            result=done.result, fit_images=done.fit_images, fit_labels=done.fit_labels,
+            held_images=done.held_images, held_labels=done.held_labels, held_poses=done.held_poses,
+            predicted=done.predicted, traversals=done.traversals, steps=TRAVERSAL_STEPS, started=started)))
