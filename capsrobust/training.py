@@ -44,7 +44,7 @@ from capsrobust.data.transforms import (
     sample_stretch,
     stretch_batch,
 )
-from capsrobust.distributed import setup_distributed
+from capsrobust.distributed import Distributed, setup_distributed
 from capsrobust.errors import CheckpointError, ConfigError
 from capsrobust.losses import MARGIN_SCHEDULES, cross_entropy, margin_at, spread_loss
 from capsrobust.models import MODEL_NAMES, build_model, is_capsule_model
@@ -328,7 +328,7 @@ class _Run:
     config: TrainConfig  # resolved
     out: Path
     data: PreparedData  # with the config's holdout
-    dist: Any  # distributed.Distributed: rank, world size, device, sharding
+    dist: Distributed  # rank, world size, device, sharding
     model: nn.Module  # the plain module: evaluated and saved, whatever the process count
     optimizer: torch.optim.Optimizer
     average: WeightAverage | None
@@ -541,13 +541,9 @@ def _train_loop(run: _Run, progress: bool) -> dict[str, Any]:
 
     bar = progress_bar(run.steps, f"{run.config.model} {run.data.describe()}", unit="step",
                        enabled=progress and run.dist.is_main, every=run.steps_per_epoch, initial=run.start)
-    window, record = _Window(), dict[str, Any]()
-    # Data parallel: gradients are averaged across processes; `model` stays the plain module for
-    # evaluation and state_dict, so checkpoints are the same whatever the process count.
-    run.parallel_model = run.model
-    if run.dist.world_size > 1:
-        run.parallel_model = nn.parallel.DistributedDataParallel(
-            run.model, device_ids=[run.dist.device.index] if run.dist.device.type == "cuda" else None)
+    window = _Window()
+    record: dict[str, Any] = {}  # the last evaluation's metrics
+    run.parallel_model = _data_parallel(run.model, run.dist)
     run.model.train()
     with _SigintFlag() as sigint:
         for step in range(run.start, run.steps):
@@ -572,6 +568,16 @@ def _train_loop(run: _Run, progress: bool) -> dict[str, Any]:
                 raise TrainingInterrupted(run.last_path, done)
     bar.close()
     return {**record, "best": run.best, "total_steps": run.steps, "out": str(run.out), "is_main": run.dist.is_main}
+
+
+def _data_parallel(model: nn.Module, dist: Distributed) -> nn.Module:
+    """What a step calls: ``model`` itself, or over several processes DistributedDataParallel around it
+    (gradients averaged across processes; ``model`` stays the plain module for evaluation and
+    state_dict, so checkpoints are the same whatever the process count)."""
+    if dist.world_size <= 1:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda"
+                                               else None)
 
 
 def _batch(run: _Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
