@@ -14,7 +14,6 @@ only renders it. Stage files are found through the study's
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -397,6 +396,18 @@ def _provenance_section(doc: Document, record: dict[str, Any]) -> None:
 # The report
 
 
+def _checkpoints_used(result: "StudyResult") -> list[dict[str, Any]]:
+    """Every checkpoint an answer rests on, with its role and SHA-256: the attacked pairs and the viewpoint picks."""
+    checkpoints = []
+    for stage, record in result.stages.items():
+        if stage.startswith("match-"):
+            checkpoints += [{"role": f"{role} (attacks, seed {record['seed']})", "path": record[role]["checkpoint"],
+                             "sha256": record[role]["sha256"]} for role in ("capsules", "cnn")]
+        elif stage.startswith("viewpoint-"):
+            checkpoints += [{**c, "role": f"{c['role']} ({stage})"} for c in record["checkpoints"]]
+    return checkpoints
+
+
 def write_study_report(result: "StudyResult", out_dir: str | os.PathLike[str] | None = None, *,
                        command: str | None = None) -> list[Path]:
     """Write ``REPORT.md``, ``report.html``, ``provenance.json`` and ``figures/*.png`` (each atomically)
@@ -408,17 +419,10 @@ def write_study_report(result: "StudyResult", out_dir: str | os.PathLike[str] | 
 
     out = Path(out_dir) if out_dir is not None else result.out
     figures = out / "figures"
-    checkpoints = []
-    for stage, record in result.stages.items():
-        if stage.startswith("match-"):
-            checkpoints += [{"role": f"{role} (attacks, seed {record['seed']})", "path": record[role]["checkpoint"],
-                             "sha256": record[role]["sha256"]} for role in ("capsules", "cnn")]
-        elif stage.startswith("viewpoint-"):
-            checkpoints += [{**c, "role": f"{c['role']} ({stage})"} for c in record["checkpoints"]]
     record = provenance(
         experiment="study", dataset=result.dataset_name, mode=result.mode, dataset_checksum=result.dataset_checksum,
-        data_dir=result.data_dir, seeds=result.seeds, budget=dataclasses.asdict(result.budget),
-        train_runs=result.train_runs, checkpoints=checkpoints, seconds=round(result.seconds, 1),
+        data_dir=result.data_dir, seeds=result.seeds, budget=result.budget.settings(),
+        train_runs=result.train_runs, checkpoints=_checkpoints_used(result), seconds=round(result.seconds, 1),
         estimate_seconds=round(result.estimate_seconds, 1),
         stage_seconds={stage: r.get("seconds", 0.0) for stage, r in result.stages.items()},
     )
