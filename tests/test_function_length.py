@@ -4,19 +4,15 @@ than :data:`MAX_LINES` lines (``def`` line to last line, docstring included), re
 from __future__ import annotations
 
 import ast
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 100
 
 #: Functions still longer, each with the reason it may be for now: ``path:qualified name`` -> why.
-#: Keep this short and shrinking; remove an entry when its function is split (a warning says when).
-TEMPORARY_EXCEPTIONS: dict[str, str] = {
-    "capsrobust/training.py:train": "174 lines at the time of writing; the training loop is being split into "
-                                    "resume, step and evaluate-and-checkpoint functions in its own change "
-                                    "(issue 26, item 3)",
-}
+#: Keep this empty or shrinking; remove an entry when its function is split. (None left: training.train,
+#: 174 lines, was split in its own change.)
+TEMPORARY_EXCEPTIONS: dict[str, str] = {}
 
 
 def _functions(tree: ast.AST, prefix: str = "") -> list[tuple[str, ast.AST]]:
@@ -50,13 +46,11 @@ def test_no_function_is_longer_than_the_limit() -> None:
         f"  {name}: {n} lines" for name, n in sorted(too_long.items(), key=lambda item: -item[1]))
 
 
-def test_a_temporary_exception_no_longer_needed_is_flagged() -> None:
-    """A warning, not a failure: the function may have been split in a change not yet committed beside this one."""
+def test_every_temporary_exception_is_still_needed_and_says_why() -> None:
     lengths = _lengths()
     stale = [name for name in TEMPORARY_EXCEPTIONS if lengths.get(name, 0) <= MAX_LINES]
-    if stale:
-        warnings.warn(f"no longer too long (or gone); remove from TEMPORARY_EXCEPTIONS: {stale}", stacklevel=1)
-    assert all(reason.strip() for reason in TEMPORARY_EXCEPTIONS.values())  # each exception says why
+    assert not stale, f"no longer too long (or gone); remove from TEMPORARY_EXCEPTIONS: {stale}"
+    assert all(reason.strip() for reason in TEMPORARY_EXCEPTIONS.values())
 
 
 def test_the_measure_counts_from_def_to_the_last_line() -> None:
