@@ -27,7 +27,7 @@ from tests.test_cli_data import assert_one_line_error
     ("capsules-small:A=0", ["A must be at least 1"]),
     ("capsules-small:in_channels=3", ["in_channels cannot be set by a variant"]),
     ("cnn:iterations=2", ["unknown option 'iterations'", "valid: batch_size, dropout"]),
-    ("capsules-small:schedule=bogus", ["unknown routing schedule 'bogus'"]),
+    ("capsules-small:schedule=bogus", ["unknown --routing-schedule 'bogus'", "valid: official, normalized"]),
 ])
 def test_a_bad_variant_value_names_the_option_the_value_and_the_type(spec: str, fragments: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
