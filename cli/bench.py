@@ -68,7 +68,7 @@ def models(as_json: bool, quick: bool, steps: int | None, threads: int | None, u
     """Training/inference images/s and peak RSS per model, and EM routing fast vs stored vs straightforward."""
     import torch
 
-    from capsrobust.bench import bench_models, bench_processes, bench_routing
+    from capsrobust.evaluation.bench import bench_models, bench_processes, bench_routing
     from capsrobust.reporting.bench import bench_models_record, bench_models_text, write_bench_models
 
     steps = steps or (1 if quick else 5)

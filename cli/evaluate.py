@@ -49,7 +49,7 @@ Examples:
 def evaluate(checkpoints: tuple[Path, ...], split: str | None, data_dir: Path | None, multi_crop: bool,
              both_crops: bool, breakdowns: tuple[str, ...], confusion: bool, batch_size: int, out: Path | None) -> None:
     """Test error of checkpoints (help text in EVALUATE_HELP)."""
-    from capsrobust.checkpoints import load_model
+    from capsrobust.training.checkpoints import load_model
     from capsrobust.evaluation.checkpoint_eval import breakdown_table, confusion_table, error_table, test_predictions
     from capsrobust.reporting import to_markdown
     from capsrobust.reporting.evaluation import (breakdown_view, checkpoint_record, combine_test_errors,

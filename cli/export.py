@@ -20,7 +20,7 @@ def export(checkpoint: Path, out: Path) -> None:
     Examples:
       capsrobust export runs/cnn-full-seed0/last.pt --out results/train/cnn.pt
     """
-    from capsrobust.checkpoints import evaluation_only, load_checkpoint, model_from_checkpoint, save_checkpoint
+    from capsrobust.training.checkpoints import evaluation_only, load_checkpoint, model_from_checkpoint, save_checkpoint
     from capsrobust.errors import CheckpointError
 
     # No data to check against here (the copy keeps the dataset identity, and every command that

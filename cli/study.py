@@ -57,7 +57,7 @@ def study(data_dir: Path | None, mode: str, budget: str, seeds: int | None, out_
     """The whole study (help text in STUDY_HELP)."""
     from capsrobust.experiments.study import run_study
     from capsrobust.reporting.study import answers, check_headline_markers, copy_headline, write_study_report
-    from capsrobust.training import TrainingInterrupted
+    from capsrobust.training.loop import TrainingInterrupted
     from capsrobust_cli.viewpoint import command_line
 
     out = out_dir or Path("results") / f"study-{budget}"

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from capsrobust.data.splits import HOLDOUTS, SPLITS
-from capsrobust.losses import MARGIN_SCHEDULES
+from capsrobust.training.losses import MARGIN_SCHEDULES
 from capsrobust.models import MODEL_NAMES
 from capsrobust.models.layers import BETA_PARAMETRISATIONS, COORDINATES, COST_NORMALISATIONS
-from capsrobust.presets import PRESET_NAMES, RoutingOptions
+from capsrobust.training.presets import PRESET_NAMES, RoutingOptions
 
 
 @click.command()
@@ -106,8 +106,8 @@ def train(model_name: str, split: str, data_dir: Path | None, mode: str, steps: 
       capsrobust train --model cnn --split azimuth --out runs/cnn-az
       capsrobust train --model capsules --out runs/caps --resume
     """
-    from capsrobust.training import TrainConfig, TrainingInterrupted
-    from capsrobust.training import train as run_training
+    from capsrobust.training.loop import TrainConfig, TrainingInterrupted
+    from capsrobust.training.loop import train as run_training
 
     routing = RoutingOptions(iterations=iterations, schedule=routing_schedule, lambda_scale=lambda_scale,
                              conv_lambda_scale=conv_lambda_scale, class_lambda_scale=class_lambda_scale,

@@ -22,7 +22,7 @@ from capsrobust.attacks import (ATTACK_LOSSES, ATTACK_NAMES, ATTACKS, BLACK_BOX,
                                 TARGETED_OK, WHITE_BOX, AttackSpec, NoiseAttack, ScoreModel, SignGradientAttack,
                                 TransferAttack, attack_info, attack_loss, build_attack, parse_attack_spec, parse_eps,
                                 set_target)
-from capsrobust.checkpoints import load_checkpoint, save_checkpoint
+from capsrobust.training.checkpoints import load_checkpoint, save_checkpoint
 from capsrobust.errors import ConfigError
 from capsrobust.evaluation.attack_data import SHIPPED_DEFAULTS, ShippedPair, default_checkpoints, sample_test_images
 from capsrobust.evaluation.robustness import (SweepConfig, evaluate_robustness, gradient_statistics,
@@ -568,7 +568,7 @@ TINY_CAPS = {"iterations": 1}  # the real capsules-small, one EM iteration for s
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """capsules-small and cnn trained 4 steps (batch 8) on a tiny NORB-format dataset."""
     from capsrobust.data.prepared import prepare_data
-    from capsrobust.training import TrainConfig, train
+    from capsrobust.training.loop import TrainConfig, train
 
     root = tmp_path_factory.mktemp("attack")
     data_dir = write_dataset(root / "data", size=16)
@@ -716,8 +716,8 @@ def test_the_first_shipped_pair_present_wins(tiny: SimpleNamespace, tmp_path: Pa
 
 def test_the_shipped_default_pair_is_todays_default_recipe():
     """The table names checkpoints the repository holds, trained with today's preset (capsule shape jitter included)."""
-    from capsrobust.presets import resolve_preset
-    from capsrobust.training import TrainConfig
+    from capsrobust.training.presets import resolve_preset
+    from capsrobust.training.loop import TrainConfig
 
     root = Path(__file__).resolve().parent.parent
     pair = SHIPPED_DEFAULTS[-1]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from capsrobust.checkpoints import save_checkpoint
+from capsrobust.training.checkpoints import save_checkpoint
 from capsrobust.errors import ConfigError
 from capsrobust.experiments.learning_probe import parse_variant
 from capsrobust_cli.main import cli

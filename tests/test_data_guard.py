@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from capsrobust.checkpoints import check_trained_on
+from capsrobust.training.checkpoints import check_trained_on
 from capsrobust.data import norb_format
 from capsrobust.data.prepared import PreparedData, prepare_data
 from capsrobust.data.synthnorb import GENERATOR_VERSION, MANIFEST_NAME, render_dataset
@@ -170,9 +170,9 @@ def test_generator_version_is_not_bumped_while_checkpoints_record_no_recipe() ->
     # needs training to record PreparedData.recipe first, or old and new renders would be mixed up.
     import inspect
 
-    import capsrobust.training
+    import capsrobust.training.loop
 
-    assert GENERATOR_VERSION == LEGACY_VERSION or "dataset_recipe" in inspect.getsource(capsrobust.training)
+    assert GENERATOR_VERSION == LEGACY_VERSION or "dataset_recipe" in inspect.getsource(capsrobust.training.loop)
 
 
 @pytest.mark.slow

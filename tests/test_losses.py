@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from capsrobust.losses import cross_entropy, margin_at, official_spread_margin, spread_loss, spread_margin
+from capsrobust.training.losses import cross_entropy, margin_at, official_spread_margin, spread_loss, spread_margin
 
 
 def test_spread_loss_is_zero_when_target_leads_by_the_margin():

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from capsrobust.errors import ConfigError
-from capsrobust.losses import epoch_spread_margin, margin_at
+from capsrobust.training.losses import epoch_spread_margin, margin_at
 from capsrobust.models import build_model, is_capsule_model
 from capsrobust.models.layers import cost_factor, routing_betas
 from capsrobust.models.routing import inverse_temperatures
-from capsrobust.presets import PRESETS, resolve_preset
-from capsrobust.training import TrainConfig
+from capsrobust.training.presets import PRESETS, resolve_preset
+from capsrobust.training.loop import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from routing_reference import reference_em_routing  # noqa: E402
@@ -87,7 +87,7 @@ def test_an_unknown_preset_is_a_config_error():
 
 
 def test_every_preset_has_a_recipe_for_every_kind_of_model_and_the_cnn_no_routing_options():
-    from capsrobust.presets import KINDS
+    from capsrobust.training.presets import KINDS
 
     for preset in PRESETS.values():
         assert set(preset.kinds) == set(KINDS)
@@ -112,7 +112,7 @@ def test_every_option_is_checked_by_the_config_itself(config, message):
 
 def test_routing_options_record_only_what_was_chosen_and_default_to_the_model_class():
     from capsrobust.models import MatrixCapsNet
-    from capsrobust.presets import RoutingOptions
+    from capsrobust.training.presets import RoutingOptions
 
     chosen = RoutingOptions(iterations=2, lambda_scale=4.0)
     assert chosen.overrides() == {"iterations": 2, "lambda_scale": 4.0}

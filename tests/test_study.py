@@ -286,7 +286,7 @@ def test_foreign_or_unfinished_training_runs_are_refused(data_dir: Path, tmp_pat
 def test_train_runs_of_another_recipe_are_refused_naming_the_option(data_dir: Path, tmp_path: Path) -> None:
     import dataclasses
 
-    from capsrobust.checkpoints import save_checkpoint
+    from capsrobust.training.checkpoints import save_checkpoint
 
     wanted = study.STUDY_BUDGETS["quick"].train_config("capsules-small", data_dir=None, mode="stereo", seed=0)
     other = {**dataclasses.asdict(wanted), "lr": 0.01}  # a finished run of today's recipe but for its learning rate

@@ -15,8 +15,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from capsrobust.checkpoints import load_checkpoint, save_checkpoint
-from capsrobust.training import model_from_checkpoint
+from capsrobust.training.checkpoints import load_checkpoint, save_checkpoint
+from capsrobust.training.loop import model_from_checkpoint
 from capsrobust.errors import CheckpointError
 from capsrobust_cli.main import cli
 from tests.conftest import write_dataset
@@ -259,7 +259,7 @@ def test_evaluate_writes_side_by_side_table_curves_and_provenance(data_dir: Path
 
 def test_load_model_rebuilds_the_model_on_its_own_data_and_refuses_anything_else(data_dir: Path,
                                                                                tmp_path: Path) -> None:
-    from capsrobust.checkpoints import load_model
+    from capsrobust.training.checkpoints import load_model
 
     out = tmp_path / "run"
     assert CliRunner().invoke(cli, ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out),
@@ -406,7 +406,7 @@ def test_inspect_prints_per_layer_statistics_and_refuses_a_cnn(data_dir: Path, t
 
 
 def test_weight_average_follows_the_warm_up_rule_and_tracks_constant_weights() -> None:
-    from capsrobust.weight_average import WeightAverage
+    from capsrobust.training.weight_average import WeightAverage
 
     model = torch.nn.Linear(2, 1)
     average = WeightAverage(model, decay=0.9)
@@ -444,7 +444,7 @@ def test_a_run_with_a_weight_average_evaluates_and_saves_the_average(data_dir: P
 
 def test_weight_average_of_a_capsule_net_follows_its_lazily_sized_buffers() -> None:
     from capsrobust.models import build_model
-    from capsrobust.weight_average import WeightAverage
+    from capsrobust.training.weight_average import WeightAverage
 
     torch.manual_seed(0)
     model = build_model("capsules-small", in_channels=2, iterations=2)
@@ -520,8 +520,8 @@ def test_shape_jitter_stretches_training_images_and_is_recorded(data_dir: Path, 
 def test_same_run_names_the_first_differing_option_with_both_values() -> None:
     import dataclasses
 
-    from capsrobust.presets import resolve_preset
-    from capsrobust.training import KEPT_KEYS, WEIGHT_KEYS, TrainConfig, same_run
+    from capsrobust.training.presets import resolve_preset
+    from capsrobust.training.loop import KEPT_KEYS, WEIGHT_KEYS, TrainConfig, same_run
 
     wanted = resolve_preset(TrainConfig(model="capsules-small", steps=10))
     saved = dataclasses.asdict(wanted)
@@ -545,8 +545,8 @@ def test_same_run_names_the_first_differing_option_with_both_values() -> None:
 def test_a_config_saved_before_an_option_existed_reads_as_its_legacy_value() -> None:
     import dataclasses
 
-    from capsrobust.presets import resolve_preset
-    from capsrobust.training import LEGACY_CONFIG, TrainConfig, same_run
+    from capsrobust.training.presets import resolve_preset
+    from capsrobust.training.loop import LEGACY_CONFIG, TrainConfig, same_run
 
     wanted = resolve_preset(TrainConfig(model="cnn", steps=10))
     old = {k: v for k, v in dataclasses.asdict(wanted).items() if k not in (*LEGACY_CONFIG, "lr_decay_every", "preset")}
@@ -566,7 +566,7 @@ def test_resume_with_a_changed_option_is_refused_naming_it(data_dir: Path, tmp_p
 
 
 def test_an_old_checkpoint_without_the_newer_options_still_resumes(data_dir: Path, tmp_path: Path) -> None:
-    from capsrobust.training import LEGACY_CONFIG
+    from capsrobust.training.loop import LEGACY_CONFIG
 
     out = tmp_path / "old"
     args = ["train", "--model", "cnn", "--data-dir", str(data_dir), "--out", str(out), *STEPS]

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from capsrobust import training
-from capsrobust.checkpoints import load_checkpoint
+from capsrobust.training import loop as training
+from capsrobust.training.checkpoints import load_checkpoint
 from capsrobust.data.prepared import prepare_data
 from capsrobust.data.synthnorb import is_complete, make_grid, render_dataset
 from capsrobust.errors import CheckpointError, ConfigError, DataError
@@ -23,7 +23,7 @@ from capsrobust.evaluation.viewpoint import (MATCH_TOLERANCE, PAPER, VALIDATION,
                                              smoothed, toy_bootstrap_weights, toy_index, weighted_error)
 from capsrobust.experiments.viewpoint import ensure_extrapolation_set, get_budget, viewpoint_experiment
 from capsrobust.paths import CACHE_ENV
-from capsrobust.training import TrainConfig, TrainingInterrupted, model_from_checkpoint, train
+from capsrobust.training.loop import TrainConfig, TrainingInterrupted, model_from_checkpoint, train
 from capsrobust_cli.main import cli
 from tests.conftest import write_dataset
 from tests.test_cli_data import assert_one_line_error
@@ -353,7 +353,7 @@ def test_the_paper_protocol_matches_on_one_half_of_the_lightings_and_reports_on_
 
 
 def test_default_budgets_keep_30_to_60_checkpoints_per_run_of_either_model() -> None:
-    from capsrobust.training import total_steps
+    from capsrobust.training.loop import total_steps
 
     for name, n_train in (("full", 6480), ("full", 3240), ("quick", 6480)):  # azimuth / elevation training sets
         budget = get_budget(name)
@@ -483,7 +483,7 @@ def test_budget_overrides_reach_the_capsule_config_only() -> None:
     assert budget.models["cnn"].overrides == {}
     caps = budget.train_config("capsules-small", split="azimuth", data_dir=None, mode="stereo", seed=0, n_train=64)
     cnn = budget.train_config("cnn", split="azimuth", data_dir=None, mode="stereo", seed=0, n_train=64)
-    from capsrobust.presets import PRESETS
+    from capsrobust.training.presets import PRESETS
 
     # the budget's options over the default preset's, as training records them
     assert caps.model_overrides == {**PRESETS["default"].capsule_options, "iterations": 2, "lambda_scale": 10.0}

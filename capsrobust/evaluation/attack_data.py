@@ -3,7 +3,7 @@
 Shared by ``capsrobust attack`` and ``capsrobust bench attacks``. The test images are the centre
 crops (N, C, 32, 32) in [0, 1] of a seeded random subset of the *familiar* test set of the split
 the checkpoints were trained on (the whole test set for ``full``); every checkpoint must have
-been trained on this data (:func:`~capsrobust.checkpoints.check_trained_on`), one model of each kind.
+been trained on this data (:func:`~capsrobust.training.checkpoints.check_trained_on`), one model of each kind.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from capsrobust.checkpoints import load_checkpoint, load_model
+from capsrobust.training.checkpoints import load_checkpoint, load_model
 from capsrobust.data.prepared import PreparedData
 from capsrobust.data.transforms import center_crop
 from capsrobust.errors import CheckpointError, ConfigError
@@ -125,7 +125,7 @@ def load_attack_setup(paths: list[str | os.PathLike[str]], data_dir: str | os.Pa
 
     Both checkpoints must share the input mode and viewpoint split (one image set feeds both) and
     be of different models (tables are keyed by model name); each must have been trained on the
-    data in ``data_dir`` (synthnorb when None; :func:`~capsrobust.checkpoints.check_trained_on`).
+    data in ``data_dir`` (synthnorb when None; :func:`~capsrobust.training.checkpoints.check_trained_on`).
     ``pair=True`` (transfer attacks) demands exactly one capsule net and one cnn.
     """
     if not 1 <= len(paths) <= 2:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from capsrobust.checkpoints import LoadedModel, load_model
+from capsrobust.training.checkpoints import LoadedModel, load_model
 from capsrobust.data.smallnorb import CLASS_NAMES
 from capsrobust.models.prediction import predict_scores
 
@@ -129,7 +129,7 @@ def evaluate_checkpoint(
     """:func:`error_table` of the checkpoint at ``path`` on ``split`` (default: its own).
 
     The checkpoint must have been trained on the data it is evaluated on
-    (:func:`~capsrobust.checkpoints.load_model`: a model trained on synthnorb is never scored
+    (:func:`~capsrobust.training.checkpoints.load_model`: a model trained on synthnorb is never scored
     on smallNORB, nor on a synthnorb render of another recipe).
     """
     loaded = load_model(path, data_dir=data_dir, split=split, advice="evaluate on the data it was trained on")

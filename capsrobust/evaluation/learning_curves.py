@@ -2,8 +2,8 @@
 
 A run directory (``capsrobust train --out``) holds ``metrics.jsonl``, one JSON record per
 evaluation (step, epoch, train_loss, train_error, validation_error, images_per_s, ...). Their
-figures are drawn by :func:`capsrobust.plots.plot_learning_curves` and
-:func:`capsrobust.plots.plot_time_to_error`.
+figures are drawn by :func:`capsrobust.reporting.plots.plot_learning_curves` and
+:func:`capsrobust.reporting.plots.plot_time_to_error`.
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ def inspect_routing(model: nn.Module, images: Tensor, labels: Tensor, *, batch_s
                     ) -> tuple[list[dict[str, Tensor]], pd.DataFrame, pd.DataFrame]:
     """Run ``images`` (N, C, 32, 32) through ``model`` (eval mode) with routing recorded.
 
-    Returns the class layer's per-iteration records (for :func:`capsrobust.inspect_plots.plot_routing_histograms`),
+    Returns the class layer's per-iteration records (for :func:`capsrobust.reporting.inspect_plots.plot_routing_histograms`),
     :func:`class_routing_table` over ``labels`` and :func:`conv_routing_table`.
     """
     was_training = model.training

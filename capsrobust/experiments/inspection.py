@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from capsrobust.checkpoints import LoadedModel, load_checkpoint, load_model
+from capsrobust.training.checkpoints import LoadedModel, load_checkpoint, load_model
 from capsrobust.data.prepared import PreparedData
 from capsrobust.data.transforms import center_crop
 from capsrobust.errors import ConfigError

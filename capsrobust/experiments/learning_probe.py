@@ -36,8 +36,8 @@ from capsrobust.data.transforms import center_crop
 from capsrobust.errors import ConfigError
 from capsrobust.models import MODEL_NAMES, BaselineCNN, MatrixCapsNet, build_model, is_capsule_model, score_kind
 from capsrobust.models.prediction import predict_scores
-from capsrobust.presets import PRESET_NAMES, resolve_preset
-from capsrobust.training import TrainConfig, learning_rate, loss_function, same_run
+from capsrobust.training.presets import PRESET_NAMES, resolve_preset
+from capsrobust.training.loop import TrainConfig, learning_rate, loss_function, same_run
 
 __all__ = ["Variant", "parse_variant", "probe_full", "probe_subset", "score_spread", "steps_to_accuracy"]
 
@@ -244,7 +244,7 @@ def probe_full(variants: list[Variant], data: PreparedData, out_dir: str | Path,
     and per variant the best validation error, its step and the seconds to reach it. A finished run
     directory is reused; with ``resume``, an unfinished one is continued.
     """
-    from capsrobust.training import train
+    from capsrobust.training.loop import train
 
     out = Path(out_dir)
     rows = []

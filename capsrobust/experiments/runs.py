@@ -17,11 +17,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from capsrobust.checkpoints import check_trained_on, load_checkpoint
-from capsrobust.checkpoints import load_model as load_checkpoint_model
+from capsrobust.training.checkpoints import check_trained_on, load_checkpoint
+from capsrobust.training.checkpoints import load_model as load_checkpoint_model
 from capsrobust.data.prepared import PreparedData
 from capsrobust.errors import CheckpointError, ConfigError
-from capsrobust.training import RUN_KEYS, TrainConfig, same_run, train
+from capsrobust.training.loop import RUN_KEYS, TrainConfig, same_run, train
 
 __all__ = ["RUN_KEYS", "device", "finished_run", "load_model", "train_or_reuse"]
 
@@ -34,7 +34,7 @@ def device() -> torch.device:
 def load_model(path: str | Path, data: PreparedData, *, log: Callable[[str], None] | None = None
                ) -> tuple[nn.Module, dict[str, Any]]:
     """The model a checkpoint file describes, checked against ``data`` and rebuilt by the one loader
-    (:func:`capsrobust.checkpoints.load_model`), in eval mode on :func:`device`, and the checkpoint."""
+    (:func:`capsrobust.training.checkpoints.load_model`), in eval mode on :func:`device`, and the checkpoint."""
     loaded = load_checkpoint_model(path, data=data, advice="choose another --out", log=log, device=device())
     return loaded.model, loaded.checkpoint
 

@@ -129,8 +129,8 @@ class ViewpointBudget:
                      n_train: int) -> Any:
         """The :class:`~capsrobust.training.TrainConfig` of ``model`` under this budget: evaluated every
         :meth:`eval_every_for` steps, an evaluation-only checkpoint kept at each evaluation."""
-        from capsrobust.presets import resolve_preset
-        from capsrobust.training import TrainConfig, total_steps
+        from capsrobust.training.presets import resolve_preset
+        from capsrobust.training.loop import TrainConfig, total_steps
 
         own = self.model(model)
         config = TrainConfig(

@@ -6,7 +6,8 @@ writers of :mod:`capsrobust.files`); each command's report lives in its own subm
 (``evaluate``), :mod:`~capsrobust.reporting.bench` (``bench models|learning|attacks``),
 :mod:`~capsrobust.reporting.inspection` (``inspect``), :mod:`~capsrobust.reporting.viewpoint`
 (``viewpoint-split``) and :mod:`~capsrobust.reporting.study` (``study``, built on the markdown/HTML
-document model of :mod:`~capsrobust.reporting.document`).
+document model of :mod:`~capsrobust.reporting.document`); the figures are drawn by
+:mod:`~capsrobust.reporting.plots` and :mod:`~capsrobust.reporting.inspect_plots`.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def write_attack_report(table: pd.DataFrame, checks: pd.DataFrame, setup: Attack
 
     ``wall_time_s``: the whole command's time (loading and attacks), recorded in provenance.json.
     """
-    from capsrobust.plots import plot_accuracy_vs_eps, plot_targeted_success
+    from capsrobust.reporting.plots import plot_accuracy_vs_eps, plot_targeted_success
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

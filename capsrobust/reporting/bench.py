@@ -32,7 +32,7 @@ def json_records(table: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------
-# bench models: capsrobust.bench.bench_models and bench_routing
+# bench models: capsrobust.evaluation.bench.bench_models and bench_routing
 
 
 def bench_models_record(model_table: pd.DataFrame, routing_table: pd.DataFrame, machine: dict[str, Any],
@@ -76,7 +76,7 @@ def write_bench_models(out_dir: str | os.PathLike[str], model_table: pd.DataFram
     """Write models.md (every table), models.json (:func:`bench_models_record`) and provenance.json
     (command, commit, CPU, the torch threads of the run) into ``out_dir`` (created); returns their paths.
 
-    ``model_table``, ``machine`` / ``processes`` / ``routing_table``: :func:`capsrobust.bench.bench_models` /
+    ``model_table``, ``machine`` / ``processes`` / ``routing_table``: :func:`capsrobust.evaluation.bench.bench_models` /
     ``bench_processes`` / ``bench_routing``.
     """
     out = Path(out_dir)
@@ -133,7 +133,7 @@ def write_learning_report(out_dir: str | os.PathLike[str], mode: str, curves: pd
     ``probe_full``'s; ``started``: the :func:`~capsrobust.provenance.provenance` record taken before the
     run (the commit that ran), completed here with the dataset and mode.
     """
-    from capsrobust.plots import plot_probe_curves
+    from capsrobust.reporting.plots import plot_probe_curves
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -155,7 +155,7 @@ def write_evaluation_report(table: pd.DataFrame, checkpoints: Sequence[str | os.
     command started (provenance.json records the seconds since).
     """
     from capsrobust.evaluation.learning_curves import load_metrics, run_summary, training_seconds
-    from capsrobust.plots import plot_learning_curves, plot_time_to_error
+    from capsrobust.reporting.plots import plot_learning_curves, plot_time_to_error
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@ reconstructions -- terminal text, tables and the files (each written atomically)
 
 The measurements come from :mod:`capsrobust.evaluation.routing_stats`,
 :mod:`capsrobust.evaluation.pose_probe` and :mod:`capsrobust.experiments.decoder`; ``checkpoint``
-arguments are checkpoint dicts as :func:`~capsrobust.checkpoints.load_checkpoint` returns them.
+arguments are checkpoint dicts as :func:`~capsrobust.training.checkpoints.load_checkpoint` returns them.
 Images are tensors (N, C, 32, 32) in [0, 1], labels (N,) class indices.
 """
 
@@ -89,7 +89,7 @@ def write_routing_report(out_dir: str | os.PathLike[str], *, checkpoint_path: st
     ``what``: :func:`routing_subject`; ``started``: :func:`time.perf_counter` at the start (the JSON
     records the seconds since).
     """
-    from capsrobust.inspect_plots import plot_routing_histograms
+    from capsrobust.reporting.inspect_plots import plot_routing_histograms
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,7 +248,7 @@ def write_reconstruction_report(out_dir: str | os.PathLike[str], *, checkpoint_p
     import torch
 
     from capsrobust.experiments.decoder import masked_poses
-    from capsrobust.inspect_plots import plot_pose_traversal, plot_reconstructions
+    from capsrobust.reporting.inspect_plots import plot_pose_traversal, plot_reconstructions
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

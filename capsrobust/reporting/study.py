@@ -265,7 +265,7 @@ def _matched_pairs_section(doc: Document, result: "StudyResult") -> None:
 def _sweep_section(doc: Document, result: "StudyResult", figures: Path, mode: str, value: str, label: str,
                    sweep: pd.DataFrame) -> None:
     """One mode's sweep: ``value`` per attack and eps, mean ± std over seeds, and a figure per seed."""
-    from capsrobust.plots import plot_accuracy_vs_eps, plot_targeted_success
+    from capsrobust.reporting.plots import plot_accuracy_vs_eps, plot_targeted_success
 
     n = int(sweep["n"].iloc[0])
     doc.heading(f"{label} — {result.dataset}, mean ± std over seeds", 3)

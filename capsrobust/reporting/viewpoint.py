@@ -39,7 +39,7 @@ def plot_error_vs_distance(distance: pd.DataFrame, path: str | os.PathLike[str],
 
     ``distance``: :func:`viewpoint_experiment`'s per-seed distance table. Writes a PNG atomically.
     """
-    from capsrobust.plots import pyplot, save_figure
+    from capsrobust.reporting.plots import pyplot, save_figure
 
     plt = pyplot()
     summary = distance_summary(distance)
@@ -68,7 +68,7 @@ def plot_novel_vs_familiar(trajectory: pd.DataFrame, per_seed: pd.DataFrame, dif
 
     ``trajectory``, ``per_seed``, ``differences``: the experiment's tables.
     """
-    from capsrobust.plots import pyplot, save_figure
+    from capsrobust.reporting.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5.2))

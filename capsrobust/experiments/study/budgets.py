@@ -15,8 +15,8 @@ from capsrobust.evaluation.robustness import SweepConfig
 from capsrobust.experiments.budgets import CAPSULE, CNN_KIND, KINDS, ModelBudget, check_kinds, kind_of
 from capsrobust.experiments.viewpoint import CNN, ViewpointBudget
 from capsrobust.models import MODEL_NAMES, is_capsule_model
-from capsrobust.presets import resolve_preset
-from capsrobust.training import TrainConfig
+from capsrobust.training.presets import resolve_preset
+from capsrobust.training.loop import TrainConfig
 
 __all__ = ["STUDY_BUDGETS", "TARGET_SLACK", "StudyBudget", "get_study_budget"]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from capsrobust.experiments.viewpoint import CNN
-from capsrobust.training import TrainConfig, total_steps
+from capsrobust.training.loop import TrainConfig, total_steps
 
 from .budgets import StudyBudget
 from .store import SPLITS, attack_stage, match_stage, train_stage, viewpoint_stage

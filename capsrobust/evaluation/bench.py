@@ -102,7 +102,7 @@ def _build(config: ModelBenchConfig) -> torch.nn.Module:
 
 def recipe_options(model: str, recipe: str) -> dict[str, Any]:
     """The model options a training ``recipe`` (a preset's name) builds ``model`` with; {} for the CNN."""
-    from capsrobust.presets import PRESETS
+    from capsrobust.training.presets import PRESETS
 
     if recipe not in RECIPES:
         raise ConfigError(f"unknown bench recipe {recipe!r}; valid: {', '.join(RECIPES)}")
@@ -124,7 +124,7 @@ def train_flops_per_image(model_name: str, recipe: str = "default", batch: int =
     so achieved GFLOP/s against :func:`matmul_peak` says how much of the hardware the counted work uses."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from capsrobust.losses import cross_entropy, spread_loss
+    from capsrobust.training.losses import cross_entropy, spread_loss
 
     with _kernels_for(STORED):
         torch.manual_seed(0)
@@ -158,7 +158,7 @@ def measure_model(config: ModelBenchConfig) -> dict[str, Any]:
 
 
 def _measure_model(config: ModelBenchConfig) -> dict[str, Any]:
-    from capsrobust.losses import cross_entropy, spread_loss
+    from capsrobust.training.losses import cross_entropy, spread_loss
 
     from capsrobust.models import vote_kernels
 
@@ -202,7 +202,7 @@ def _measure_model(config: ModelBenchConfig) -> dict[str, Any]:
     }
 
 
-_CHILD = "import sys; from capsrobust.bench import _child_main; _child_main(sys.argv[1])"
+_CHILD = "import sys; from capsrobust.evaluation.bench import _child_main; _child_main(sys.argv[1])"
 
 
 def _measure_in_subprocess(config: ModelBenchConfig) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Figures that look inside a capsule net: routing histograms, pose traversals, reconstructions.
 
-Written like :mod:`capsrobust.plots` (Agg backend, rendered in memory, written atomically).
+Written like :mod:`capsrobust.reporting.plots` (Agg backend, rendered in memory, written atomically).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from capsrobust.plots import pyplot, save_figure
+from capsrobust.reporting.plots import pyplot, save_figure
 
 __all__ = ["plot_pose_traversal", "plot_reconstructions", "plot_routing_histograms"]
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 # model_from_checkpoint is re-exported for existing callers; it lives beside the one checkpoint loader.
-from capsrobust.checkpoints import (check_trained_on, evaluation_only, load_checkpoint, model_from_checkpoint,
+from capsrobust.training.checkpoints import (check_trained_on, evaluation_only, load_checkpoint, model_from_checkpoint,
                                     save_checkpoint)
 from capsrobust.data.prepared import PreparedData, prepare_data
 from capsrobust.data.splits import HOLDOUTS
@@ -44,14 +44,14 @@ from capsrobust.data.transforms import (
     sample_stretch,
     stretch_batch,
 )
-from capsrobust.distributed import Distributed, setup_distributed
+from capsrobust.training.distributed import Distributed, setup_distributed
 from capsrobust.errors import CheckpointError, ConfigError
-from capsrobust.losses import MARGIN_SCHEDULES, cross_entropy, margin_at, spread_loss
+from capsrobust.training.losses import MARGIN_SCHEDULES, cross_entropy, margin_at, spread_loss
 from capsrobust.models import MODEL_NAMES, build_model, is_capsule_model
 from capsrobust.models.prediction import error_rate
-from capsrobust.presets import RoutingOptions, flag, get_preset, resolve_preset
+from capsrobust.training.presets import RoutingOptions, flag, get_preset, resolve_preset
 from capsrobust.provenance import provenance
-from capsrobust.weight_average import WeightAverage
+from capsrobust.training.weight_average import WeightAverage
 
 __all__ = ["KEPT_KEYS", "LEGACY_CONFIG", "LENGTH_KEYS", "RUN_KEYS", "TrainConfig", "TrainingInterrupted", "WEIGHT_KEYS",
            "loss_function", "model_from_checkpoint", "same_run", "saved_option", "train"]
@@ -62,8 +62,8 @@ class TrainConfig:
     """Everything that defines a training run (saved in ``run.json`` and every checkpoint).
 
     ``model_overrides`` holds the model's options as ``build_model`` keyword arguments (for capsule
-    nets, :class:`~capsrobust.presets.RoutingOptions`' chosen ones); None fields are filled from the
-    preset by :func:`~capsrobust.presets.resolve_preset`, the one function that turns a config into the
+    nets, :class:`~capsrobust.training.presets.RoutingOptions`' chosen ones); None fields are filled from the
+    preset by :func:`~capsrobust.training.presets.resolve_preset`, the one function that turns a config into the
     complete one a run trains and records. Which fields make two runs "the same": :func:`same_run`.
     """
 
@@ -166,7 +166,7 @@ LENGTH_KEYS: tuple[str, ...] = ("steps", "epochs")
 #: not its weights.
 KEPT_KEYS: tuple[str, ...] = ("eval_every", "max_eval_examples", "target_familiar_error", "keep_checkpoints")
 #: Everything a reused or borrowed run must share with the run wanted. Never compared: ``data_dir`` (the
-#: data guard, :func:`~capsrobust.checkpoints.check_trained_on`, compares the data itself),
+#: data guard, :func:`~capsrobust.training.checkpoints.check_trained_on`, compares the data itself),
 #: ``checkpoint_every`` (when last.pt is written) and ``preset`` (resolved into the options above).
 RUN_KEYS: tuple[str, ...] = WEIGHT_KEYS + LENGTH_KEYS + KEPT_KEYS
 
